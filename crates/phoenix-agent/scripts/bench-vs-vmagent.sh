@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Side by side: vmagent and phoenix-agent receive the same remote write load (the k8s
+# profile from rw_loadgen), drop `pod`, `instance` and `container`, and remote write the
+# rest to a local sink. Reports samples per CPU-second of each agent, the ratio, and
+# peak RSS. Needs the Debian package victoria-metrics (ships vmagent).
+#
+#   crates/phoenix-agent/scripts/bench-vs-vmagent.sh [SERIES...]     (default: 200000 1000000)
+#   ROUNDS=5 TICKS=3 CONCURRENCY=4 crates/phoenix-agent/scripts/bench-vs-vmagent.sh 200000
+#
+# Everything listens on 127.0.0.1. Samples are counted as accepted by the agent (2xx).
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+ROUNDS="${ROUNDS:-5}"
+TICKS="${TICKS:-3}"
+CONCURRENCY="${CONCURRENCY:-4}"
+SIZES=("${@:-200000 1000000}")
+read -r -a SIZES <<< "${SIZES[*]}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+
+command -v vmagent >/dev/null || { echo "vmagent missing: apt-get install -y victoria-metrics" >&2; exit 1; }
+cargo build --release -q -p phoenix-agent --bin phoenix-agent --example rw_loadgen
+AGENT="$CARGO_TARGET_DIR/release/phoenix-agent"
+LOADGEN="$CARGO_TARGET_DIR/release/examples/rw_loadgen"
+
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+peak_rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+wait_http() { for _ in $(seq 1 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
+# Waits until the process stops using CPU (it has forwarded what it received).
+settle() { local prev=-1 now; while true; do now=$(cpu_ticks "$1"); [ "$now" = "$prev" ] && return; prev=$now; sleep 1; done; }
+
+cat > "$WORK/relabel.yaml" <<'YAML'
+- action: labeldrop
+  regex: pod|instance|container
+YAML
+
+HZ=$(getconf CLK_TCK)
+printf '| series/tick | agent | samples accepted | CPU s | samples per CPU-second | peak RSS MiB |\n|---:|---|---:|---:|---:|---:|\n' > "$WORK/table.md"
+for N in "${SIZES[@]}"; do
+  SINK_PORT=$(free_port)
+  "$LOADGEN" sink --listen "127.0.0.1:$SINK_PORT" > "$WORK/sink.log" 2>&1 & PIDS+=($!)
+  sleep 0.5
+  declare -A RATE=()
+  declare -A RSS=()
+  for AGENT_NAME in vmagent phoenix; do
+    PORT=$(free_port)
+    if [ "$AGENT_NAME" = vmagent ]; then
+      vmagent -httpListenAddr="127.0.0.1:$PORT" -remoteWrite.url="http://127.0.0.1:$SINK_PORT/api/v1/write" \
+        -remoteWrite.relabelConfig="$WORK/relabel.yaml" -remoteWrite.tmpDataPath="$WORK/vmagent-$N" \
+        -loggerLevel=ERROR > "$WORK/vmagent.log" 2>&1 & PID=$!
+      HEALTH="http://127.0.0.1:$PORT/health"
+    else
+      cat > "$WORK/phoenix.yaml" <<YAML
+receivers:
+  remote_write: {listen: "127.0.0.1:$PORT"}
+pipelines:
+  live:
+    processors:
+      - type: relabel
+        rules: [{action: labeldrop, regex: pod|instance|container}]
+exporters:
+  remote_write: {url: "http://127.0.0.1:$SINK_PORT/api/v1/write", queue_capacity_requests: 4096}
+YAML
+      RUST_LOG=warn "$AGENT" run --config "$WORK/phoenix.yaml" > "$WORK/phoenix.log" 2>&1 & PID=$!
+      HEALTH="http://127.0.0.1:$PORT/-/healthy"
+    fi
+    PIDS+=("$PID")
+    wait_http "$HEALTH"
+    BEFORE=$(cpu_ticks "$PID")
+    OUT=$("$LOADGEN" send --url "http://127.0.0.1:$PORT/api/v1/write" --series "$N" --ticks "$TICKS" \
+      --rounds "$ROUNDS" --concurrency "$CONCURRENCY")
+    settle "$PID"
+    AFTER=$(cpu_ticks "$PID")
+    ACCEPTED=$(sed -n 's/.*accepted_samples=\([0-9]*\).*/\1/p' <<< "$OUT")
+    FAILED=$(sed -n 's/.*failed_requests=\([0-9]*\).*/\1/p' <<< "$OUT")
+    CPU=$(awk -v a="$AFTER" -v b="$BEFORE" -v hz="$HZ" 'BEGIN {printf "%.2f", (a - b) / hz}')
+    RATE[$AGENT_NAME]=$(awk -v s="$ACCEPTED" -v c="$CPU" 'BEGIN {printf "%.0f", s / c}')
+    RSS[$AGENT_NAME]=$(awk -v k="$(peak_rss_kib "$PID")" 'BEGIN {printf "%.0f", k / 1024}')
+    echo "$AGENT_NAME N=$N: $OUT cpu_s=$CPU failed=$FAILED" >&2
+    printf '| %s | %s | %s | %s | %s | %s |\n' "$N" "$AGENT_NAME" "$ACCEPTED" "$CPU" "${RATE[$AGENT_NAME]}" "${RSS[$AGENT_NAME]}" >> "$WORK/table.md"
+    kill "$PID"; wait "$PID" 2>/dev/null || true
+  done
+  RATIO=$(awk -v p="${RATE[phoenix]}" -v v="${RATE[vmagent]}" 'BEGIN {printf "%.2f", p / v}')
+  printf '| %s | **ratio phoenix/vmagent** | | | **%s×** | RSS %s vs %s MiB |\n' "$N" "$RATIO" "${RSS[phoenix]}" "${RSS[vmagent]}" >> "$WORK/table.md"
+done
+cat "$WORK/table.md"

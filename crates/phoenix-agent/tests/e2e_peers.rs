@@ -1,0 +1,505 @@
+//! End-to-end with real peers from Debian's packages (`victoria-metrics`, `prometheus`,
+//! `prometheus-node-exporter`): the `phoenix-agent` binary between them, series counted on
+//! the far side through VictoriaMetrics' and Prometheus' query APIs.
+//!
+//! The tests install missing peers with apt-get (as root) and otherwise fail with a message
+//! naming the packages. Everything listens on 127.0.0.1 only.
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use phoenix_pipeline::config::PipelineConfig;
+use phoenix_pipeline::model::Series;
+use phoenix_pipeline::remote_write::RemoteWriteEncoder;
+use phoenix_pipeline::simulator::{Profile, Simulator, SimulatorConfig};
+
+const PACKAGES: [&str; 3] = ["victoria-metrics", "prometheus", "prometheus-node-exporter"];
+
+/// Finds the peers' binaries, installing the Debian packages when they are missing.
+fn peers() -> (PathBuf, PathBuf, PathBuf) {
+    let find = || {
+        let vm = PathBuf::from("/usr/bin/victoria-metrics");
+        let prom = PathBuf::from("/usr/bin/prometheus");
+        let node = PathBuf::from("/usr/bin/prometheus-node-exporter");
+        (vm.exists() && prom.exists() && node.exists()).then_some((vm, prom, node))
+    };
+    if let Some(found) = find() {
+        return found;
+    }
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(PACKAGES)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+        install();
+    }
+    find().unwrap_or_else(|| {
+        panic!(
+            "end-to-end peers missing: install the Debian packages {} (apt-get install -y {})",
+            PACKAGES.join(", "),
+            PACKAGES.join(" ")
+        )
+    })
+}
+
+/// A child process killed on drop.
+struct Peer {
+    name: &'static str,
+    child: Child,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(name: &'static str, program: &Path, args: &[String], log: &Path) -> Peer {
+    let out = std::fs::File::create(log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name} ({}): {e}", program.display()));
+    Peer { name, child }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `check` until it returns `Some` or the deadline passes.
+fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    peers: &mut [&mut Peer],
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        for peer in peers.iter_mut() {
+            if let Ok(Some(status)) = peer.child.try_wait() {
+                panic!(
+                    "{} exited with {status} while waiting for {what}",
+                    peer.name
+                );
+            }
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn http_get(url: &str) -> Option<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    runtime.block_on(async {
+        let response = reqwest::get(url).await.ok()?;
+        if response.status().is_success() {
+            response.text().await.ok()
+        } else {
+            None
+        }
+    })
+}
+
+fn http_post(url: &str, body: Vec<u8>) -> Option<u16> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    runtime.block_on(async {
+        reqwest::Client::new()
+            .post(url)
+            .header("Content-Encoding", "snappy")
+            .header("Content-Type", "application/x-protobuf")
+            .body(body)
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    })
+}
+
+/// Series VictoriaMetrics holds for `selector`, as sorted label-set strings.
+fn vm_series(vm: u16, selector: &str) -> Option<BTreeSet<String>> {
+    http_get(&format!("http://127.0.0.1:{vm}/internal/force_flush"))?;
+    let url = format!(
+        "http://127.0.0.1:{vm}/api/v1/series?match[]={}&start=0",
+        urlencode(selector)
+    );
+    let body: serde_json::Value = serde_json::from_str(&http_get(&url)?).ok()?;
+    let data = body.get("data")?.as_array()?;
+    Some(
+        data.iter()
+            .map(|labels| {
+                let mut pairs: Vec<String> = labels
+                    .as_object()
+                    .map(|o| {
+                        o.iter()
+                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                pairs.sort();
+                pairs.join(",")
+            })
+            .collect(),
+    )
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+fn series_key(series: &Series) -> String {
+    let mut pairs: Vec<String> = series
+        .labels
+        .iter()
+        .map(|l| format!("{}={}", l.name, l.value))
+        .collect();
+    pairs.push(format!("__name__={}", series.name));
+    pairs.sort();
+    pairs.join(",")
+}
+
+fn start_victoria_metrics(vm_bin: &Path, dir: &Path) -> (Peer, u16) {
+    let port = free_port();
+    let mut vm = spawn(
+        "victoria-metrics",
+        vm_bin,
+        &[
+            format!("-storageDataPath={}", dir.join("vm").display()),
+            format!("-httpListenAddr=127.0.0.1:{port}"),
+            "-retentionPeriod=1d".into(),
+            "-search.disableCache".into(),
+        ],
+        &dir.join("vm.log"),
+    );
+    eventually(
+        "victoria-metrics health",
+        Duration::from_secs(30),
+        &mut [&mut vm],
+        || http_get(&format!("http://127.0.0.1:{port}/health")),
+    );
+    (vm, port)
+}
+
+fn start_agent(dir: &Path, yaml: &str) -> Peer {
+    let config = dir.join("phoenix.yaml");
+    std::fs::write(&config, yaml).expect("write config");
+    spawn(
+        "phoenix-agent",
+        Path::new(env!("CARGO_BIN_EXE_phoenix-agent")),
+        &[
+            "run".into(),
+            "--config".into(),
+            config.display().to_string(),
+            "--kpi-interval-seconds".into(),
+            "1".into(),
+        ],
+        &dir.join("phoenix.log"),
+    )
+}
+
+const CANDIDATE: &str = r#"
+    protect: ['up']
+    processors:
+      - type: relabel
+        rules:
+          - {source_labels: [job], target_label: team, replacement: payments-$1}
+      - type: aggregate
+        without: [instance, route]
+"#;
+
+#[test]
+fn simulator_stream_is_reduced_into_victoria_metrics_exactly_as_computed_in_process() {
+    let (vm_bin, _, _) = peers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut vm, vm_port) = start_victoria_metrics(&vm_bin, dir.path());
+    let rw_port = free_port();
+    let mut agent = start_agent(
+        dir.path(),
+        &format!(
+            "receivers:\n  remote_write:\n    listen: 127.0.0.1:{rw_port}\npipelines:\n  baseline: {{}}\n  candidate:{CANDIDATE}shadow:\n  live: candidate\nexporters:\n  remote_write:\n    url: http://127.0.0.1:{vm_port}/api/v1/write\n    min_backoff: 50ms\n"
+        ),
+    );
+
+    // What the candidate pipeline makes of the stream, computed in process.
+    let mut config = SimulatorConfig::new(Profile::App, 9);
+    config.scale = 0.25;
+    config.start_timestamp_ms = Some(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64 - 120_000)
+            .unwrap_or(0),
+    );
+    let mut simulator = Simulator::new(config);
+    let pipeline_yaml = format!("{}\n", CANDIDATE.trim_start_matches('\n'));
+    let pipeline_yaml: String = pipeline_yaml
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut pipeline = serde_yaml::from_str::<PipelineConfig>(&pipeline_yaml)
+        .expect("pipeline yaml")
+        .build("candidate", "candidate")
+        .expect("pipeline");
+    let mut expected = BTreeSet::new();
+    let mut input_series = 0;
+    let mut encoder = RemoteWriteEncoder::new();
+    for _ in 0..3 {
+        let batch = simulator.next_batch();
+        input_series = batch.len();
+        let body = encoder.encode(&batch.series, &[]);
+        expected.extend(pipeline.process(batch).series.iter().map(series_key));
+        let status = eventually(
+            "phoenix-agent accepts remote write",
+            Duration::from_secs(30),
+            &mut [&mut agent],
+            || {
+                http_post(
+                    &format!("http://127.0.0.1:{rw_port}/api/v1/write"),
+                    body.clone(),
+                )
+            },
+        );
+        assert_eq!(status, 204);
+    }
+    assert!(
+        expected.len() * 5 < input_series,
+        "the pipeline reduces: {} of {input_series}",
+        expected.len()
+    );
+
+    let stored = eventually(
+        "the reduced series in victoria-metrics",
+        Duration::from_secs(60),
+        &mut [&mut vm, &mut agent],
+        || vm_series(vm_port, r#"{__name__=~".+"}"#).filter(|s| s.len() >= expected.len()),
+    );
+    assert_eq!(
+        stored, expected,
+        "VictoriaMetrics holds exactly the candidate's output"
+    );
+}
+
+#[test]
+fn node_exporter_through_prometheus_and_phoenix_into_victoria_metrics_and_scraped_back() {
+    let (vm_bin, prom_bin, node_bin) = peers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut vm, vm_port) = start_victoria_metrics(&vm_bin, dir.path());
+    let node_port = free_port();
+    let mut node = spawn(
+        "prometheus-node-exporter",
+        &node_bin,
+        &[format!("--web.listen-address=127.0.0.1:{node_port}")],
+        &dir.path().join("node.log"),
+    );
+    let rw_port = free_port();
+    let metrics_port = free_port();
+    let mut agent = start_agent(
+        dir.path(),
+        &format!(
+            r#"receivers:
+  remote_write:
+    listen: 127.0.0.1:{rw_port}
+pipelines:
+  candidate:
+    protect: ['up']
+    processors:
+      - type: filter
+        drop: ['{{__name__=~"go_.*"}}']
+      - type: aggregate
+        match: ['node_cpu_seconds_total']
+        without: [cpu]
+exporters:
+  remote_write:
+    url: http://127.0.0.1:{vm_port}/api/v1/write
+    min_backoff: 50ms
+  prometheus:
+    listen: 127.0.0.1:{metrics_port}
+"#
+        ),
+    );
+    let prom_port = free_port();
+    let prom_config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &prom_config,
+        format!(
+            r#"global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: node
+    static_configs: [{{targets: ['127.0.0.1:{node_port}']}}]
+  - job_name: phoenix
+    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]
+remote_write:
+  - url: http://127.0.0.1:{rw_port}/api/v1/write
+    write_relabel_configs:
+      - {{source_labels: [job], regex: node, action: keep}}
+    queue_config: {{batch_send_deadline: 1s, min_backoff: 100ms, max_backoff: 1s}}
+"#
+        ),
+    )
+    .expect("prometheus config");
+    let mut prom = spawn(
+        "prometheus",
+        &prom_bin,
+        &[
+            format!("--config.file={}", prom_config.display()),
+            format!("--storage.tsdb.path={}", dir.path().join("prom").display()),
+            format!("--web.listen-address=127.0.0.1:{prom_port}"),
+        ],
+        &dir.path().join("prometheus.log"),
+    );
+
+    // Far side: node metrics arrived reduced, go_* dropped, cpu aggregated away.
+    let cpu = eventually(
+        "node_cpu_seconds_total in victoria-metrics",
+        Duration::from_secs(90),
+        &mut [&mut vm, &mut agent, &mut prom, &mut node],
+        || vm_series(vm_port, "node_cpu_seconds_total").filter(|s| !s.is_empty()),
+    );
+    assert!(
+        cpu.iter().all(|s| !s.contains("cpu=")),
+        "cpu aggregated away: {cpu:?}"
+    );
+    let modes: BTreeSet<&str> = cpu
+        .iter()
+        .filter_map(|s| s.split(',').find_map(|p| p.strip_prefix("mode=")))
+        .collect();
+    assert_eq!(cpu.len(), modes.len(), "one series per mode: {cpu:?}");
+    let load = eventually(
+        "node_load1",
+        Duration::from_secs(30),
+        &mut [&mut vm],
+        || vm_series(vm_port, "node_load1").filter(|s| !s.is_empty()),
+    );
+    assert_eq!(load.len(), 1);
+    let up = eventually(
+        "protected up",
+        Duration::from_secs(30),
+        &mut [&mut vm],
+        || vm_series(vm_port, r#"up{job="node"}"#).filter(|s| !s.is_empty()),
+    );
+    assert_eq!(up.len(), 1);
+    let go = vm_series(vm_port, r#"{__name__=~"go_.*"}"#).expect("series query");
+    assert!(go.is_empty(), "go_* must be filtered: {go:?}");
+
+    // Prometheus scrapes Phoenix's /metrics: its counters and the live output are there.
+    let query = |q: &str| -> Option<f64> {
+        let body = http_get(&format!(
+            "http://127.0.0.1:{prom_port}/api/v1/query?query={}",
+            urlencode(q)
+        ))?;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        json["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    };
+    let requests = eventually(
+        "prometheus scraping phoenix /metrics",
+        Duration::from_secs(60),
+        &mut [&mut prom, &mut agent],
+        || query(r#"phoenix_receiver_requests_total{job="phoenix"}"#).filter(|v| *v > 0.0),
+    );
+    assert!(requests > 0.0);
+    let exposed = eventually(
+        "live output exposed",
+        Duration::from_secs(30),
+        &mut [&mut prom],
+        || query(r#"count(node_cpu_seconds_total{job="phoenix"})"#),
+    );
+    assert_eq!(
+        exposed as usize,
+        modes.len(),
+        "exposed output matches what was exported"
+    );
+}
+
+#[test]
+fn node_exporter_scraped_by_phoenix_is_reduced_into_victoria_metrics() {
+    let (vm_bin, _, node_bin) = peers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut vm, vm_port) = start_victoria_metrics(&vm_bin, dir.path());
+    let node_port = free_port();
+    let mut node = spawn(
+        "prometheus-node-exporter",
+        &node_bin,
+        &[format!("--web.listen-address=127.0.0.1:{node_port}")],
+        &dir.path().join("node.log"),
+    );
+    let mut agent = start_agent(
+        dir.path(),
+        &format!(
+            r#"receivers:
+  scrape:
+    scrape_configs:
+      - job_name: node
+        scrape_interval: 1s
+        scrape_timeout: 1s
+        static_configs: [{{targets: ['127.0.0.1:{node_port}'], labels: {{env: e2e}}}}]
+pipelines:
+  candidate:
+    protect: ['{{__name__=~"up|scrape_.*"}}']
+    processors:
+      - type: aggregate
+        match: ['node_cpu_seconds_total']
+        without: [cpu]
+exporters:
+  remote_write:
+    url: http://127.0.0.1:{vm_port}/api/v1/write
+    min_backoff: 50ms
+"#
+        ),
+    );
+    let up = eventually(
+        "up from phoenix's scrape",
+        Duration::from_secs(60),
+        &mut [&mut vm, &mut agent, &mut node],
+        || vm_series(vm_port, r#"up{job="node"}"#).filter(|s| !s.is_empty()),
+    );
+    assert_eq!(up.len(), 1);
+    let expected_instance = format!("instance=127.0.0.1:{node_port}");
+    assert!(
+        up.iter()
+            .all(|s| s.contains(&expected_instance) && s.contains("env=e2e")),
+        "{up:?}"
+    );
+    let cpu = eventually(
+        "aggregated node_cpu_seconds_total",
+        Duration::from_secs(30),
+        &mut [&mut vm],
+        || vm_series(vm_port, "node_cpu_seconds_total").filter(|s| !s.is_empty()),
+    );
+    assert!(cpu.iter().all(|s| !s.contains("cpu=")), "{cpu:?}");
+    let duration = vm_series(vm_port, "scrape_duration_seconds").expect("series query");
+    assert_eq!(duration.len(), 1, "{duration:?}");
+    let load = vm_series(vm_port, "node_load1").expect("series query");
+    assert_eq!(load.len(), 1, "{load:?}");
+}

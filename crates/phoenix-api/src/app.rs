@@ -1,0 +1,301 @@
+//! Wiring: the shared state, the router with its middleware, and the background loops
+//! (lease expiry, delayed-task wake-ups, retention, cross-replica wake-ups).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request, Response, StatusCode};
+use axum::routing::{get, post};
+use axum::Router;
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+
+use phoenix_core::Clock;
+use phoenix_store::SharedStore;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::routes::{agent, experiments, ops, tasks};
+use crate::service::{Service, Timings};
+use crate::telemetry::Metrics;
+use crate::waiters::Waiters;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const ENROLLMENT_TOKEN_SETTING: &str = "enrollment_token";
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub service: Arc<Service>,
+    pub metrics: Arc<Metrics>,
+    pub scrape_lock: Arc<tokio::sync::Mutex<()>>,
+    pub config: Arc<Config>,
+}
+
+impl AppState {
+    /// Build the state over a connected store. Resolves the enrollment token: the configured
+    /// one, else the one stored by an earlier start, else a new random one (stored, logged).
+    pub async fn new(
+        config: Config,
+        store: SharedStore,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, phoenix_store::StoreError> {
+        let token = match &config.enrollment_token {
+            Some(t) => t.clone(),
+            None => match store.get_setting(ENROLLMENT_TOKEN_SETTING).await? {
+                Some(serde_json::Value::String(t)) => t,
+                _ => {
+                    use rand::RngCore;
+                    let mut bytes = [0u8; 24];
+                    rand::thread_rng().fill_bytes(&mut bytes);
+                    let t = hex::encode(bytes);
+                    store
+                        .put_setting(ENROLLMENT_TOKEN_SETTING, &serde_json::json!(t), clock.now())
+                        .await?;
+                    tracing::warn!(
+                        enrollment_token = %t,
+                        "no enrollment_token configured: generated one and stored it; agents enroll with it"
+                    );
+                    t
+                }
+            },
+        };
+        let timings = Timings {
+            long_poll_max: config.long_poll_max,
+            task_lease: config.task_lease,
+            heartbeat_interval: config.agent_heartbeat_interval,
+            offline_after: config.agent_offline_after,
+            claim_batch_max: config.claim_batch_max,
+        };
+        let service = Service::new(store, clock, Arc::new(Waiters::default()), timings, token);
+        Ok(Self {
+            service: Arc::new(service),
+            metrics: Arc::new(Metrics::new()),
+            scrape_lock: Arc::new(tokio::sync::Mutex::new(())),
+            config: Arc::new(config),
+        })
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let batch_limit = DefaultBodyLimit::max(state.config.agent_batch_body_limit_bytes);
+    let api = Router::new()
+        .route(
+            "/api/v1/experiments",
+            post(experiments::create).get(experiments::list),
+        )
+        .route(
+            "/api/v1/experiments/{id}",
+            get(experiments::get)
+                .patch(experiments::update)
+                .delete(experiments::delete),
+        )
+        .route("/api/v1/experiments/{id}/start", post(experiments::start))
+        .route("/api/v1/experiments/{id}/stop", post(experiments::stop))
+        .route(
+            "/api/v1/experiments/{id}/rollback",
+            post(experiments::rollback),
+        )
+        .route("/api/v1/experiments/{id}/events", get(experiments::events))
+        .route("/api/v1/agent/enroll", post(agent::enroll))
+        .route("/api/v1/agent/tasks", get(agent::poll))
+        .route("/api/v1/agent/tasks/{id}/status", post(agent::task_status))
+        .route("/api/v1/agent/heartbeat", post(agent::heartbeat))
+        .route(
+            "/api/v1/agent/metrics",
+            post(agent::metrics).layer(batch_limit),
+        )
+        .route("/api/v1/agent/logs", post(agent::logs).layer(batch_limit))
+        .route("/api/v1/tasks", post(tasks::enqueue).get(tasks::list))
+        .route("/api/v1/tasks/{id}", get(tasks::get))
+        .route("/api/v1/fleet/status", get(ops::fleet_status))
+        .route("/api/v1/openapi.json", get(ops::openapi))
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::telemetry::track_http,
+        ));
+
+    api.with_state(state)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<_>| {
+                    let request_id = req
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                        request_id = %request_id,
+                    )
+                })
+                .on_request(())
+                .on_response(|res: &Response<_>, latency: Duration, _span: &Span| {
+                    let status = res.status().as_u16();
+                    let ms = latency.as_secs_f64() * 1000.0;
+                    if status >= 500 {
+                        tracing::error!(status, latency_ms = ms, "request failed");
+                    } else if status >= 400 {
+                        tracing::info!(status, latency_ms = ms, "request refused");
+                    } else {
+                        tracing::debug!(status, latency_ms = ms, "request served");
+                    }
+                })
+                .on_failure(()),
+        )
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+fn panic_response(_err: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    tracing::error!("handler panicked");
+    axum::response::IntoResponse::into_response(ApiError::internal(
+        "internal error; the request id in x-request-id finds it in the server logs",
+    ))
+}
+
+/// The loops that keep the queue moving. They stop when `shutdown` is cancelled.
+pub fn spawn_background(
+    state: &AppState,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let mut handles = Vec::new();
+
+    // Lapsed leases back to the queue; delayed tasks announced when due.
+    let svc = state.service.clone();
+    let every = state.config.lease_check_interval;
+    let stop = shutdown.clone();
+    handles.push(tokio::spawn(async move {
+        let mut last = svc.clock.now();
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            match svc.tick_queue(last).await {
+                Ok(now) => last = now,
+                Err(e) => tracing::warn!(error = %e, "queue tick failed; retrying"),
+            }
+        }
+    }));
+
+    // Retention.
+    let svc = state.service.clone();
+    let task_retention = state.config.task_retention;
+    let telemetry_retention = state.config.telemetry_retention;
+    let stop = shutdown.clone();
+    handles.push(tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            let now = svc.clock.now();
+            let tasks_before = now - chrono::Duration::from_std(task_retention).unwrap_or_default();
+            let tel_before =
+                now - chrono::Duration::from_std(telemetry_retention).unwrap_or_default();
+            match svc.store.sweep_finished_tasks(tasks_before).await {
+                Ok(n) if n > 0 => tracing::info!(deleted = n, "swept finished tasks"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "task retention sweep failed"),
+            }
+            match svc.store.sweep_telemetry(tel_before).await {
+                Ok(n) if n > 0 => tracing::info!(deleted = n, "swept old telemetry"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "telemetry retention sweep failed"),
+            }
+        }
+    }));
+
+    // Wake-ups from other replicas (PostgreSQL LISTEN/NOTIFY).
+    let svc = state.service.clone();
+    let stop = shutdown;
+    handles.push(tokio::spawn(async move {
+        let stream = match svc.store.wakeups().await {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for cross-replica wake-ups");
+                return;
+            }
+        };
+        tokio::pin!(stream);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                next = stream.next() => match next {
+                    Some(w) => svc.waiters.wake(&w),
+                    None => {
+                        tracing::error!("wake-up stream ended");
+                        break;
+                    }
+                },
+            }
+        }
+    }));
+    handles
+}
+
+/// Create the sample experiment the README's first command promises, unless one exists.
+pub async fn seed_demo(
+    state: &AppState,
+) -> Result<Option<phoenix_core::Experiment>, crate::service::ServiceError> {
+    let existing = state
+        .service
+        .list_experiments(&phoenix_store::ExperimentQuery {
+            limit: 1,
+            ..Default::default()
+        })
+        .await?;
+    if existing.total > 0 {
+        return Ok(None);
+    }
+    let new: phoenix_core::NewExperiment = serde_json::from_value(serde_json::json!({
+        "name": "demo: baseline vs adaptive",
+        "description": "Sample experiment created by --seed-demo: the adaptive template against the unreduced baseline on three local agents.",
+        "baseline_pipeline": "baseline",
+        "candidate_pipeline": "adaptive",
+        "target_hosts": ["demo-agent-1", "demo-agent-2", "demo-agent-3"],
+        "duration_seconds": 600,
+        "parameters": { "series_budget": 20000 },
+        "owner": "demo"
+    }))
+    .map_err(|e| {
+        let mut f = phoenix_core::FieldErrors::default();
+        f.push("demo", e.to_string());
+        f
+    })?;
+    Ok(Some(state.service.create_experiment(new).await?))
+}

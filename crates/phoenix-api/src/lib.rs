@@ -1,0 +1,17 @@
+//! `phoenix-api`: the control plane. An axum server over a [`phoenix_store::Store`], serving
+//! experiments, the agent task queue and protocol (long-poll with no database connection held
+//! while waiting), the fleet view, Prometheus metrics and its own OpenAPI description.
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod routes;
+pub mod service;
+pub mod telemetry;
+pub mod waiters;
+
+pub use app::{router, spawn_background, AppState};
+pub use config::Config;
+pub use error::ApiError;

@@ -1,0 +1,184 @@
+//! `phoenix-api` binary: load configuration, connect the store, serve until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::{Map, Value};
+use utoipa::OpenApi;
+
+use phoenix_api::config::{Config, LogFormat};
+use phoenix_api::{app, telemetry, AppState};
+
+#[derive(Debug, Parser)]
+#[command(name = "phoenix-api", version, about = "Phoenix control plane")]
+struct Cli {
+    /// YAML configuration file. Environment variables `PHOENIX_<KEY>` override it; flags
+    /// override both.
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 0.0.0.0:8080]
+    #[arg(long, global = true)]
+    listen: Option<String>,
+    /// sqlite://PATH or postgres://USER@HOST/DB [default: sqlite://<data-dir>/phoenix.db]
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    /// Directory for the embedded database [default: ./data]
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[arg(long, global = true, value_parser = ["json", "pretty"])]
+    log_format: Option<String>,
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    /// Create a sample experiment when the database has none.
+    #[arg(long, global = true)]
+    seed_demo: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Print the OpenAPI description and exit.
+    Openapi,
+    /// Print the effective configuration and exit.
+    Config,
+}
+
+impl Cli {
+    fn overrides(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        if let Some(v) = &self.listen {
+            m.insert("listen".into(), v.clone().into());
+        }
+        if let Some(v) = &self.database_url {
+            m.insert("database_url".into(), v.clone().into());
+        }
+        if let Some(v) = &self.data_dir {
+            m.insert("data_dir".into(), v.display().to_string().into());
+        }
+        if let Some(v) = &self.log_format {
+            m.insert("log_format".into(), v.clone().into());
+        }
+        if let Some(v) = &self.log_level {
+            m.insert("log_level".into(), v.clone().into());
+        }
+        if self.seed_demo {
+            m.insert("seed_demo".into(), true.into());
+        }
+        m
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Openapi) => {
+            println!(
+                "{}",
+                phoenix_api::openapi::ApiDoc::openapi().to_pretty_json()?
+            );
+            return Ok(());
+        }
+        Some(Command::Config) => {
+            let cfg = Config::load(cli.config.as_deref(), &cli.overrides())?;
+            println!("{}", serde_yaml_like(&cfg)?);
+            return Ok(());
+        }
+        _ => {}
+    }
+    let cfg = Config::load(cli.config.as_deref(), &cli.overrides())?;
+    telemetry::init_logging(cfg.log_format, &cfg.log_level)?;
+    serve(cfg).await
+}
+
+fn serde_yaml_like(cfg: &Config) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(cfg)?)
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let url = cfg.database_url();
+    if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
+    }
+    let store = phoenix_store::connect(&url)
+        .await
+        .with_context(|| format!("connecting to the store at {}", redact(&url)))?;
+    tracing::info!(backend = ?store.backend(), url = %redact(&url), "store ready");
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let local = listener.local_addr()?;
+    let seed = cfg.seed_demo;
+    let pretty = cfg.log_format == LogFormat::Pretty;
+    let state = AppState::new(cfg, store, Arc::new(phoenix_core::SystemClock)).await?;
+    if seed {
+        if let Some(exp) = app::seed_demo(&state)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        {
+            tracing::info!(experiment_id = %exp.id, name = %exp.name, "created the demo experiment");
+        }
+    }
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let background = app::spawn_background(&state, shutdown.clone());
+    let router = app::router(state);
+    tracing::info!(listen = %local, "phoenix-api serving");
+    if pretty {
+        eprintln!("phoenix-api listening on http://{local}");
+    }
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
+    shutdown.cancel();
+    for h in background {
+        let _ = h.await;
+    }
+    tracing::info!("phoenix-api stopped");
+    Ok(())
+}
+
+/// Hide a password in a database URL before it reaches a log.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}://{}:***{}", &url[..s], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

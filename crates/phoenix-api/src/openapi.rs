@@ -1,0 +1,52 @@
+//! The OpenAPI description, generated from the handlers' annotations and the domain types.
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{agent, experiments, ops, tasks};
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "Phoenix API",
+        description = "Control plane of Phoenix: experiments, the agent task queue and protocol, fleet and metrics. Every error is `{ \"error\": { \"code\", \"message\", \"details\" } }`.",
+    ),
+    paths(
+        experiments::create, experiments::list, experiments::get, experiments::update,
+        experiments::delete, experiments::start, experiments::stop, experiments::rollback,
+        experiments::events,
+        agent::enroll, agent::poll, agent::task_status, agent::heartbeat, agent::metrics,
+        agent::logs,
+        tasks::enqueue, tasks::list, tasks::get,
+        ops::health, ops::ready, ops::metrics, ops::fleet_status, ops::openapi,
+    ),
+    modifiers(&AgentAuth),
+    tags(
+        (name = "experiments", description = "A/B experiments and their lifecycle"),
+        (name = "agent", description = "What agents call; authenticated with X-Agent-Host-ID and a bearer secret"),
+        (name = "tasks", description = "The task queue"),
+        (name = "fleet", description = "Agents as the control plane sees them"),
+        (name = "ops", description = "Health, readiness, metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+#[derive(Debug)]
+struct AgentAuth;
+
+impl Modify for AgentAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "agent",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The secret returned by /api/v1/agent/enroll, with the X-Agent-Host-ID header",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}

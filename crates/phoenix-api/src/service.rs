@@ -1,0 +1,650 @@
+//! The control plane's behaviour, free of HTTP: experiments and their orchestration, the
+//! task queue with long-poll delivery, the agent protocol, the fleet view. Handlers call
+//! these and map the result.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
+
+use phoenix_core::{
+    AgentHealth, Clock, Experiment, ExperimentCommand, ExperimentEvent, ExperimentId,
+    ExperimentMode, ExperimentPatch, FieldErrors, Heartbeat, HostId, KpiBatch, NewExperiment,
+    NewTask, Task, TaskId, TaskStatus, TaskType,
+};
+use phoenix_store::{
+    AgentLogEntry, Enqueued, ExperimentQuery, KpiInsertOutcome, Page, SharedStore, StoreError,
+    TaskQuery, TaskStatusUpdate, TransitionOutcome,
+};
+
+use crate::waiters::Waiters;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Invalid(#[from] FieldErrors),
+    #[error("{0}")]
+    Unauthorized(String),
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// Timing knobs the services need (a subset of the configuration).
+#[derive(Debug, Clone)]
+pub struct Timings {
+    pub long_poll_max: Duration,
+    pub task_lease: Duration,
+    pub heartbeat_interval: Duration,
+    pub offline_after: Duration,
+    pub claim_batch_max: u32,
+}
+
+#[derive(Debug)]
+pub struct Service {
+    pub store: SharedStore,
+    pub clock: Arc<dyn Clock>,
+    pub waiters: Arc<Waiters>,
+    pub timings: Timings,
+    enrollment_token: String,
+}
+
+/// Priorities of the tasks experiments enqueue: a rollback overtakes everything.
+pub mod priority {
+    pub const START: i32 = 0;
+    pub const STOP: i32 = 50;
+    pub const ROLLBACK: i32 = 100;
+}
+
+/// Which variant a host runs in `split` mode: a stable hash of experiment and host, so the
+/// same hosts get the candidate on every replica and every restart.
+pub fn split_assignment(
+    experiment: ExperimentId,
+    host: &HostId,
+    share_percent: u8,
+) -> &'static str {
+    let mut h = Sha256::new();
+    h.update(experiment.as_uuid().as_bytes());
+    h.update(host.as_str().as_bytes());
+    let digest = h.finalize();
+    let bucket = u16::from_be_bytes([digest[0], digest[1]]) % 100;
+    if bucket < u16::from(share_percent) {
+        "candidate"
+    } else {
+        "baseline"
+    }
+}
+
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// What enrollment hands an agent.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Enrollment {
+    pub host_id: HostId,
+    /// Present as `Authorization: Bearer <agent_secret>` with `X-Agent-Host-ID` on every call.
+    /// Shown once; only its hash is stored.
+    pub agent_secret: String,
+}
+
+/// One agent in the fleet view.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FleetAgent {
+    pub host_id: HostId,
+    pub hostname: String,
+    pub version: String,
+    pub health: AgentHealth,
+    pub last_seen_at: Option<chrono::DateTime<Utc>>,
+    pub last_seen_seconds_ago: Option<f64>,
+    pub running_tasks: u64,
+    pub labels: BTreeMap<String, String>,
+    pub resource_usage: phoenix_core::ResourceUsage,
+    #[schema(value_type = Vec<Object>)]
+    pub running_pipelines: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FleetStatus {
+    pub total: usize,
+    /// Agents per health (`healthy`, `stale`, `offline`, `unknown`, `revoked`).
+    pub by_health: BTreeMap<String, usize>,
+    /// Agents per reported version.
+    pub versions: BTreeMap<String, usize>,
+    /// Tasks per status across the queue.
+    pub task_queue: BTreeMap<String, u64>,
+    pub agents: Vec<FleetAgent>,
+}
+
+impl Service {
+    pub fn new(
+        store: SharedStore,
+        clock: Arc<dyn Clock>,
+        waiters: Arc<Waiters>,
+        timings: Timings,
+        enrollment_token: String,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            waiters,
+            timings,
+            enrollment_token,
+        }
+    }
+
+    fn lease(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.timings.task_lease).unwrap_or(chrono::Duration::seconds(60))
+    }
+
+    // ---- experiments ----
+
+    pub async fn create_experiment(&self, new: NewExperiment) -> ServiceResult<Experiment> {
+        new.validate()?;
+        let exp = Experiment::create(ExperimentId::new(), new, self.clock.now());
+        self.store.create_experiment(&exp).await?;
+        Ok(exp)
+    }
+
+    pub async fn list_experiments(&self, q: &ExperimentQuery) -> ServiceResult<Page<Experiment>> {
+        Ok(self.store.list_experiments(q).await?)
+    }
+
+    pub async fn get_experiment(&self, id: ExperimentId) -> ServiceResult<Experiment> {
+        Ok(self.store.get_experiment(id).await?)
+    }
+
+    pub async fn update_experiment(
+        &self,
+        id: ExperimentId,
+        patch: ExperimentPatch,
+    ) -> ServiceResult<Experiment> {
+        Ok(self
+            .store
+            .update_experiment(id, patch, self.clock.now())
+            .await?
+            .0)
+    }
+
+    pub async fn delete_experiment(&self, id: ExperimentId) -> ServiceResult<()> {
+        Ok(self.store.delete_experiment(id).await?)
+    }
+
+    pub async fn experiment_events(
+        &self,
+        id: ExperimentId,
+        after_seq: i64,
+        limit: u32,
+    ) -> ServiceResult<Vec<ExperimentEvent>> {
+        // 404 for an unknown experiment rather than an empty history.
+        self.store.get_experiment(id).await?;
+        Ok(self
+            .store
+            .list_experiment_events(id, after_seq, limit)
+            .await?)
+    }
+
+    /// `pending → initializing`: one `deployment` and one `experiment` task per target host,
+    /// enqueued in the same transaction as the phase change.
+    pub async fn start_experiment(&self, id: ExperimentId) -> ServiceResult<TransitionOutcome> {
+        let exp = self.store.get_experiment(id).await?;
+        if exp.phase == phoenix_core::ExperimentPhase::Pending && exp.target_hosts.is_empty() {
+            let mut e = FieldErrors::default();
+            e.push(
+                "target_hosts",
+                "must list at least one host before the experiment can start",
+            );
+            return Err(e.into());
+        }
+        let mut tasks = Vec::with_capacity(exp.target_hosts.len() * 2);
+        for host in &exp.target_hosts {
+            let variant = match exp.mode {
+                ExperimentMode::Shadow => "both",
+                ExperimentMode::Split => {
+                    split_assignment(exp.id, host, exp.candidate_share_percent.unwrap_or(50))
+                }
+            };
+            let mut deploy = NewTask::new(
+                TaskType::Deployment,
+                json!({
+                    "experiment_id": exp.id,
+                    "baseline_pipeline": exp.baseline_pipeline,
+                    "candidate_pipeline": exp.candidate_pipeline,
+                    "parameters": exp.parameters,
+                }),
+            )
+            .for_host(host.clone());
+            deploy.experiment_id = Some(exp.id);
+            deploy.priority = priority::START + 1;
+            deploy.idempotency_key = Some(format!("experiment:{}:deploy:{host}", exp.id));
+            let mut run = NewTask::new(
+                TaskType::Experiment,
+                json!({
+                    "action": "start",
+                    "experiment_id": exp.id,
+                    "mode": exp.mode,
+                    "variant": variant,
+                    "duration_seconds": exp.duration_seconds,
+                }),
+            )
+            .for_host(host.clone());
+            run.experiment_id = Some(exp.id);
+            run.priority = priority::START;
+            run.idempotency_key = Some(format!("experiment:{}:start:{host}", exp.id));
+            tasks.push(deploy);
+            tasks.push(run);
+        }
+        self.transition(id, ExperimentCommand::Start, &tasks).await
+    }
+
+    pub async fn stop_experiment(
+        &self,
+        id: ExperimentId,
+        reason: Option<String>,
+    ) -> ServiceResult<TransitionOutcome> {
+        self.end_with_action(
+            id,
+            ExperimentCommand::Stop { reason },
+            "stop",
+            priority::STOP,
+        )
+        .await
+    }
+
+    pub async fn rollback_experiment(
+        &self,
+        id: ExperimentId,
+        reason: Option<String>,
+    ) -> ServiceResult<TransitionOutcome> {
+        self.end_with_action(
+            id,
+            ExperimentCommand::Rollback { reason },
+            "rollback",
+            priority::ROLLBACK,
+        )
+        .await
+    }
+
+    /// Stop and rollback tell every target host, when the experiment had started there.
+    async fn end_with_action(
+        &self,
+        id: ExperimentId,
+        command: ExperimentCommand,
+        action: &str,
+        prio: i32,
+    ) -> ServiceResult<TransitionOutcome> {
+        let exp = self.store.get_experiment(id).await?;
+        let started =
+            exp.phase.is_active() || exp.phase == phoenix_core::ExperimentPhase::Completed;
+        let tasks: Vec<NewTask> = if started {
+            exp.target_hosts
+                .iter()
+                .map(|host| {
+                    let mut t = NewTask::new(
+                        TaskType::Experiment,
+                        json!({ "action": action, "experiment_id": exp.id }),
+                    )
+                    .for_host(host.clone());
+                    t.experiment_id = Some(exp.id);
+                    t.priority = prio;
+                    t.idempotency_key = Some(format!("experiment:{}:{action}:{host}", exp.id));
+                    t
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.transition(id, command, &tasks).await
+    }
+
+    pub async fn transition(
+        &self,
+        id: ExperimentId,
+        command: ExperimentCommand,
+        tasks: &[NewTask],
+    ) -> ServiceResult<TransitionOutcome> {
+        let outcome = self
+            .store
+            .transition_experiment(id, &command, tasks, self.clock.now())
+            .await?;
+        for t in &outcome.tasks {
+            self.waiters.wake_for(t.host_id.as_ref());
+        }
+        tracing::info!(
+            experiment_id = %id,
+            from = %outcome.event.from_phase.map(|p| p.as_str()).unwrap_or("-"),
+            to = %outcome.experiment.phase,
+            tasks = outcome.tasks.len(),
+            "experiment transition"
+        );
+        Ok(outcome)
+    }
+
+    // ---- task queue ----
+
+    pub async fn enqueue_task(&self, task: NewTask) -> ServiceResult<Enqueued> {
+        task.validate()?;
+        let enqueued = self.store.enqueue_task(&task, self.clock.now()).await?;
+        if enqueued.created {
+            self.waiters.wake_for(enqueued.task.host_id.as_ref());
+        }
+        Ok(enqueued)
+    }
+
+    pub async fn get_task(&self, id: TaskId) -> ServiceResult<Task> {
+        Ok(self.store.get_task(id).await?)
+    }
+
+    pub async fn list_tasks(&self, q: &TaskQuery) -> ServiceResult<Page<Task>> {
+        Ok(self.store.list_tasks(q).await?)
+    }
+
+    /// The long-poll: claim at once if anything is queued for `host`; otherwise park (holding
+    /// no database connection) until woken or until `wait` passes.
+    pub async fn poll_tasks(&self, host: &HostId, wait: Duration) -> ServiceResult<Vec<Task>> {
+        let wait = wait.min(self.timings.long_poll_max);
+        let deadline = tokio::time::Instant::now() + wait;
+        let registration = self.waiters.register(host);
+        loop {
+            // Arm both notifications before looking, so an enqueue between the claim and the
+            // wait is not missed.
+            let host_notified = registration.notify.notified();
+            let any_notified = self.waiters.any_host().notified();
+            tokio::pin!(host_notified, any_notified);
+            host_notified.as_mut().enable();
+            any_notified.as_mut().enable();
+
+            let tasks = self
+                .store
+                .claim_tasks(
+                    host,
+                    self.timings.claim_batch_max,
+                    self.lease(),
+                    self.clock.now(),
+                )
+                .await?;
+            if !tasks.is_empty() || wait.is_zero() {
+                return Ok(tasks);
+            }
+            tokio::select! {
+                _ = &mut host_notified => {}
+                _ = &mut any_notified => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    pub async fn update_task_status(
+        &self,
+        id: TaskId,
+        host: &HostId,
+        update: TaskStatusUpdate,
+    ) -> ServiceResult<Task> {
+        let mut e = FieldErrors::default();
+        if matches!(update.status, TaskStatus::Pending | TaskStatus::Assigned) {
+            e.push(
+                "status",
+                "an agent may only report running, completed or failed",
+            );
+        }
+        if update.error.as_ref().is_some_and(|m| m.len() > 8192) {
+            e.push("error", "must be at most 8192 bytes");
+        }
+        e.into_result()?;
+        Ok(self
+            .store
+            .update_task_status(id, host, &update, self.lease(), self.clock.now())
+            .await?)
+    }
+
+    /// Return lapsed leases to the queue and wake whoever can take them; wake hosts whose
+    /// delayed tasks just became due. Runs on every replica; both steps are idempotent.
+    pub async fn tick_queue(
+        &self,
+        last_tick: chrono::DateTime<Utc>,
+    ) -> ServiceResult<chrono::DateTime<Utc>> {
+        let now = self.clock.now();
+        let expired = self.store.expire_leases(now).await?;
+        for t in &expired {
+            if t.status == TaskStatus::Pending {
+                self.waiters.wake_for(t.host_id.as_ref());
+            }
+            tracing::warn!(task_id = %t.id, status = %t.status, error = ?t.error, "task lease expired");
+        }
+        for host in self.store.hosts_with_tasks_due(last_tick, now).await? {
+            self.waiters.wake_for(host.as_ref());
+        }
+        Ok(now)
+    }
+
+    // ---- agents ----
+
+    pub async fn enroll(&self, host: HostId, token: &str) -> ServiceResult<Enrollment> {
+        if !bool::from(token.as_bytes().ct_eq(self.enrollment_token.as_bytes())) {
+            return Err(ServiceError::Unauthorized(
+                "invalid enrollment token".into(),
+            ));
+        }
+        let secret = {
+            use rand::RngCore;
+            let mut bytes = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut bytes);
+            hex::encode(bytes)
+        };
+        self.store
+            .enroll_agent(&host, &hash_secret(&secret), self.clock.now())
+            .await?;
+        tracing::info!(host_id = %host, "agent enrolled");
+        Ok(Enrollment {
+            host_id: host,
+            agent_secret: secret,
+        })
+    }
+
+    /// Check an agent's credentials. Unknown, revoked and wrong-secret all answer 401.
+    pub async fn authenticate_agent(&self, host: &HostId, secret: &str) -> ServiceResult<()> {
+        let creds = self.store.agent_credentials(host).await?;
+        let Some(creds) = creds else {
+            return Err(ServiceError::Unauthorized(format!(
+                "agent {host} is not enrolled"
+            )));
+        };
+        let presented = hash_secret(secret);
+        if !bool::from(presented.as_bytes().ct_eq(creds.secret_hash.as_bytes())) {
+            return Err(ServiceError::Unauthorized(format!(
+                "wrong secret for agent {host}"
+            )));
+        }
+        if creds.revoked {
+            return Err(ServiceError::Unauthorized(format!(
+                "agent {host} is revoked"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A heartbeat also renews the leases of the tasks the agent holds: a long-running
+    /// experiment task stays with a live agent and returns to the queue when it goes quiet.
+    pub async fn heartbeat(&self, host: &HostId, hb: Heartbeat) -> ServiceResult<u64> {
+        hb.validate()?;
+        let now = self.clock.now();
+        self.store.record_heartbeat(host, &hb, now).await?;
+        Ok(self.store.renew_leases(host, self.lease(), now).await?)
+    }
+
+    pub async fn ingest_kpis(
+        &self,
+        host: &HostId,
+        batches: Vec<KpiBatch>,
+    ) -> ServiceResult<KpiInsertOutcome> {
+        let mut e = FieldErrors::default();
+        if batches.len() > MAX_KPI_BATCHES_PER_REQUEST {
+            e.push(
+                "batches",
+                format!("must hold at most {MAX_KPI_BATCHES_PER_REQUEST} batches"),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, b) in batches.iter().enumerate() {
+            b.validate(&format!("batches[{i}]"), &mut e);
+            if !seen.insert(b.batch_id) {
+                e.push(
+                    format!("batches[{i}].batch_id"),
+                    "appears twice in this request",
+                );
+            }
+        }
+        e.into_result()?;
+        Ok(self
+            .store
+            .insert_kpi_batches(host, &batches, self.clock.now())
+            .await?)
+    }
+
+    pub async fn ingest_logs(
+        &self,
+        host: &HostId,
+        entries: Vec<AgentLogEntry>,
+    ) -> ServiceResult<u64> {
+        let mut e = FieldErrors::default();
+        if entries.len() > MAX_LOG_ENTRIES_PER_REQUEST {
+            e.push(
+                "entries",
+                format!("must hold at most {MAX_LOG_ENTRIES_PER_REQUEST} entries"),
+            );
+        }
+        for (i, l) in entries.iter().enumerate() {
+            if l.message.len() > MAX_LOG_MESSAGE_BYTES {
+                e.push(
+                    format!("entries[{i}].message"),
+                    format!("must be at most {MAX_LOG_MESSAGE_BYTES} bytes"),
+                );
+            }
+        }
+        e.into_result()?;
+        Ok(self
+            .store
+            .insert_agent_logs(host, &entries, self.clock.now())
+            .await?)
+    }
+
+    pub async fn fleet_status(&self) -> ServiceResult<FleetStatus> {
+        let now = self.clock.now();
+        let agents = self.store.list_agents().await?;
+        let counts = self.store.task_counts().await?;
+        let mut held: HashMap<HostId, u64> = HashMap::new();
+        for status in [TaskStatus::Assigned, TaskStatus::Running] {
+            let page = self
+                .store
+                .list_tasks(&TaskQuery {
+                    status: Some(status),
+                    limit: 10_000,
+                    ..Default::default()
+                })
+                .await?;
+            for t in page.items {
+                if let Some(h) = t.assigned_to {
+                    *held.entry(h).or_default() += 1;
+                }
+            }
+        }
+        let hb = chrono::Duration::from_std(self.timings.heartbeat_interval)
+            .unwrap_or(chrono::Duration::seconds(10));
+        let off = chrono::Duration::from_std(self.timings.offline_after)
+            .unwrap_or(chrono::Duration::seconds(300));
+        let mut by_health = BTreeMap::new();
+        let mut versions = BTreeMap::new();
+        let fleet: Vec<FleetAgent> = agents
+            .into_iter()
+            .map(|a| {
+                let health = if a.revoked {
+                    AgentHealth::Revoked
+                } else {
+                    AgentHealth::classify(now, a.last_seen_at, hb, off)
+                };
+                *by_health
+                    .entry(health_name(health).to_string())
+                    .or_insert(0) += 1;
+                if !a.version.is_empty() {
+                    *versions.entry(a.version.clone()).or_insert(0) += 1;
+                }
+                FleetAgent {
+                    running_tasks: held.get(&a.host_id).copied().unwrap_or(0),
+                    last_seen_seconds_ago: a
+                        .last_seen_at
+                        .map(|t| (now - t).num_milliseconds() as f64 / 1000.0),
+                    host_id: a.host_id,
+                    hostname: a.hostname,
+                    version: a.version,
+                    health,
+                    last_seen_at: a.last_seen_at,
+                    labels: a.labels,
+                    resource_usage: a.resource_usage,
+                    running_pipelines: a.running_pipelines,
+                }
+            })
+            .collect();
+        Ok(FleetStatus {
+            total: fleet.len(),
+            by_health,
+            versions,
+            task_queue: counts
+                .into_iter()
+                .map(|(s, n)| (s.as_str().to_string(), n))
+                .collect(),
+            agents: fleet,
+        })
+    }
+}
+
+pub fn health_name(h: AgentHealth) -> &'static str {
+    match h {
+        AgentHealth::Healthy => "healthy",
+        AgentHealth::Stale => "stale",
+        AgentHealth::Offline => "offline",
+        AgentHealth::Unknown => "unknown",
+        AgentHealth::Revoked => "revoked",
+    }
+}
+
+pub const MAX_KPI_BATCHES_PER_REQUEST: usize = 1000;
+pub const MAX_LOG_ENTRIES_PER_REQUEST: usize = 1000;
+pub const MAX_LOG_MESSAGE_BYTES: usize = 8192;
+
+impl From<ServiceError> for crate::error::ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Store(s) => s.into(),
+            ServiceError::Invalid(f) => f.into(),
+            ServiceError::Unauthorized(m) => crate::error::ApiError::unauthorized(m),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_assignment_is_stable_and_close_to_the_share() {
+        let exp = ExperimentId::new();
+        let hosts: Vec<HostId> = (0..2000)
+            .map(|i| HostId::parse(&format!("host-{i}")).unwrap())
+            .collect();
+        let first: Vec<_> = hosts.iter().map(|h| split_assignment(exp, h, 30)).collect();
+        let again: Vec<_> = hosts.iter().map(|h| split_assignment(exp, h, 30)).collect();
+        assert_eq!(first, again);
+        let candidates = first.iter().filter(|v| **v == "candidate").count();
+        assert!(
+            (500..700).contains(&candidates),
+            "{candidates} of 2000 for a 30% share"
+        );
+    }
+}

@@ -1,0 +1,21 @@
+//! Phoenix's domain: identifiers, the experiment state machine, tasks, agents and KPI
+//! batches. Everything here is pure (no I/O, no clock reads except through [`Clock`]) so the
+//! rules the product promises can be tested with plain unit and property tests.
+
+pub mod agent;
+pub mod clock;
+pub mod experiment;
+pub mod ids;
+pub mod kpi;
+pub mod task;
+
+pub use agent::{Agent, AgentHealth, Heartbeat, ResourceUsage};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use experiment::{
+    apply as apply_command, EventKind, Experiment, ExperimentCommand, ExperimentEvent,
+    ExperimentMode, ExperimentPatch, ExperimentPhase, FieldError, FieldErrors, NewExperiment,
+    PatchError, Transition, TransitionError,
+};
+pub use ids::{ExperimentId, HostId, IdError, TaskId};
+pub use kpi::{KpiBatch, KpiValues, Variant};
+pub use task::{NewTask, Task, TaskStatus, TaskType};

@@ -1,0 +1,329 @@
+//! KPIs per variant per interval: what went in and out, how much was reduced, whether
+//! protected series came out untouched, how far per-metric totals drifted, how many known
+//! anomalies were kept, and the processing cost.
+//!
+//! Per-metric totals compare like with like: gauges by the sum of their values, cumulative
+//! series by the sum of their increases (a series seen for the first time contributes no
+//! increase, on both sides), accumulated over the interval.
+
+use std::time::Duration;
+
+use hashbrown::{HashMap, HashSet};
+
+use crate::model::{Batch, Series, SeriesId, Sym};
+use crate::processor::fold::CumulativeTracker;
+use crate::processor::MetricCounts;
+use crate::selector::{any_matches, Selector};
+
+/// Per-metric totals of successive batches (see the module docs).
+#[derive(Debug, Default)]
+pub struct MetricTotals {
+    tracker: CumulativeTracker,
+}
+
+impl MetricTotals {
+    /// Adds this batch's per-metric totals into `into`.
+    pub fn observe(&mut self, batch: &Batch, into: &mut HashMap<Sym, f64, ahash::RandomState>) {
+        let ids: Vec<SeriesId> = batch.series.iter().map(Series::id).collect();
+        self.observe_with_ids(batch, &ids, into);
+    }
+
+    /// Like [`Self::observe`] with the series ids already computed (`ids[i]` is the id of
+    /// `batch.series[i]`).
+    pub fn observe_with_ids(
+        &mut self,
+        batch: &Batch,
+        ids: &[SeriesId],
+        into: &mut HashMap<Sym, f64, ahash::RandomState>,
+    ) {
+        self.tracker.begin_batch();
+        for (series, id) in batch.series.iter().zip(ids) {
+            let Some(last) = series.last_sample() else {
+                continue;
+            };
+            let contribution = if series.is_cumulative() {
+                self.tracker.observe(*id, last.value).unwrap_or(0.0)
+            } else if last.value.is_nan() {
+                0.0
+            } else {
+                last.value
+            };
+            match into.get_mut(&*series.name) {
+                Some(total) => *total += contribution,
+                None => {
+                    into.insert(series.name.clone(), contribution);
+                }
+            }
+        }
+    }
+}
+
+/// The KPIs of one variant over one interval.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VariantKpis {
+    /// Variant (pipeline) name.
+    pub variant: String,
+    /// Distinct input series in the interval.
+    pub input_series: u64,
+    /// Distinct output series in the interval.
+    pub output_series: u64,
+    /// Input samples.
+    pub input_samples: u64,
+    /// Output samples.
+    pub output_samples: u64,
+    /// `100 × (1 − output_series / input_series)`.
+    pub reduction_percent: f64,
+    /// Protected input series (series × batches).
+    pub protected_in: u64,
+    /// Of those, found bit-identical in the output.
+    pub protected_out: u64,
+    /// Largest per-metric relative error of totals against the input.
+    pub max_relative_error: f64,
+    /// The metric with the largest error.
+    pub worst_metric: Option<String>,
+    /// Known anomalous series (series × batches) in the input.
+    pub anomalies_in: u64,
+    /// Of those, exported individually.
+    pub anomalies_kept: u64,
+    /// Processing time per input sample.
+    pub ns_per_sample: f64,
+    /// `(stage index, processor type, counts)` over the interval.
+    pub processors: Vec<(usize, String, MetricCounts)>,
+}
+
+impl VariantKpis {
+    /// Protected coverage in percent (100 when nothing was protected).
+    pub fn protected_coverage_percent(&self) -> f64 {
+        if self.protected_in == 0 {
+            100.0
+        } else {
+            100.0 * self.protected_out as f64 / self.protected_in as f64
+        }
+    }
+
+    /// Anomaly recall in percent (100 when there was none).
+    pub fn anomaly_recall_percent(&self) -> f64 {
+        if self.anomalies_in == 0 {
+            100.0
+        } else {
+            100.0 * self.anomalies_kept as f64 / self.anomalies_in as f64
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct VariantAccum {
+    name: String,
+    output_ids: HashSet<SeriesId, ahash::RandomState>,
+    output_samples: u64,
+    output_totals: MetricTotals,
+    output_sums: HashMap<Sym, f64, ahash::RandomState>,
+    protected_out: u64,
+    anomalies_kept: u64,
+    elapsed: Duration,
+}
+
+/// Measures any number of variants fed the same input batches.
+#[derive(Debug)]
+pub struct KpiMeter {
+    protect: Vec<Selector>,
+    input_ids: HashSet<SeriesId, ahash::RandomState>,
+    input_samples: u64,
+    input_totals: MetricTotals,
+    input_sums: HashMap<Sym, f64, ahash::RandomState>,
+    protected_in: u64,
+    anomalies_in: u64,
+    batch_protected: Vec<Series>,
+    batch_anomalies: Vec<SeriesId>,
+    /// Scratch: ids of the batch being recorded.
+    ids: Vec<SeriesId>,
+    variants: Vec<VariantAccum>,
+}
+
+impl KpiMeter {
+    /// A meter for `variants`, checking series matching `protect` for identity.
+    pub fn new(variants: &[&str], protect: Vec<Selector>) -> Self {
+        Self {
+            protect,
+            input_ids: HashSet::default(),
+            input_samples: 0,
+            input_totals: MetricTotals::default(),
+            input_sums: HashMap::default(),
+            protected_in: 0,
+            anomalies_in: 0,
+            batch_protected: Vec::new(),
+            batch_anomalies: Vec::new(),
+            ids: Vec::new(),
+            variants: variants
+                .iter()
+                .map(|name| VariantAccum {
+                    name: name.to_string(),
+                    ..VariantAccum::default()
+                })
+                .collect(),
+        }
+    }
+
+    /// Records an input batch, with the ids of series known to be anomalous in it.
+    pub fn record_input(&mut self, input: &Batch, anomalous: &[SeriesId]) {
+        self.batch_protected.clear();
+        self.ids.clear();
+        for series in &input.series {
+            let id = series.id();
+            self.ids.push(id);
+            self.input_ids.insert(id);
+            self.input_samples += series.samples.len() as u64;
+            if !self.protect.is_empty() && any_matches(&self.protect, series) {
+                self.batch_protected.push(series.clone());
+            }
+        }
+        self.protected_in += self.batch_protected.len() as u64;
+        self.batch_anomalies.clear();
+        self.batch_anomalies.extend_from_slice(anomalous);
+        self.anomalies_in += anomalous.len() as u64;
+        self.input_totals
+            .observe_with_ids(input, &self.ids, &mut self.input_sums);
+    }
+
+    /// Records variant `index`'s output for the last input batch and its processing time.
+    pub fn record_output(&mut self, index: usize, output: &Batch, elapsed: Duration) {
+        let Some(variant) = self.variants.get_mut(index) else {
+            return;
+        };
+        variant.elapsed += elapsed;
+        // The few series to look for, so the output is scanned once without a full map.
+        let mut protected: HashMap<SeriesId, &Series, ahash::RandomState> =
+            self.batch_protected.iter().map(|s| (s.id(), s)).collect();
+        let mut anomalies: HashSet<SeriesId, ahash::RandomState> =
+            self.batch_anomalies.iter().copied().collect();
+        self.ids.clear();
+        for series in &output.series {
+            let id = series.id();
+            self.ids.push(id);
+            variant.output_ids.insert(id);
+            variant.output_samples += series.samples.len() as u64;
+            if !protected.is_empty() {
+                if let Some(input) = protected.get(&id) {
+                    if input.same_bits(series) {
+                        variant.protected_out += 1;
+                        protected.remove(&id);
+                    }
+                }
+            }
+            if !anomalies.is_empty() && anomalies.remove(&id) {
+                variant.anomalies_kept += 1;
+            }
+        }
+        variant
+            .output_totals
+            .observe_with_ids(output, &self.ids, &mut variant.output_sums);
+    }
+
+    /// The KPIs of every variant since the last call; `processors` gives each variant's
+    /// processor counts. Starts a new interval (cumulative trackers keep their state).
+    pub fn finish_interval(
+        &mut self,
+        processors: &[Vec<(usize, String, MetricCounts)>],
+    ) -> Vec<VariantKpis> {
+        let input_series = self.input_ids.len() as u64;
+        let mut result = Vec::with_capacity(self.variants.len());
+        for (index, variant) in self.variants.iter_mut().enumerate() {
+            let mut max_relative_error = 0.0f64;
+            let mut worst_metric = None;
+            for (metric, input_total) in &self.input_sums {
+                let output_total = variant.output_sums.get(metric).copied().unwrap_or(0.0);
+                let error = if *input_total == 0.0 && output_total == 0.0 {
+                    0.0
+                } else {
+                    (output_total - input_total).abs() / input_total.abs().max(f64::MIN_POSITIVE)
+                };
+                if error > max_relative_error {
+                    max_relative_error = error;
+                    worst_metric = Some(metric.to_string());
+                }
+            }
+            let output_series = variant.output_ids.len() as u64;
+            result.push(VariantKpis {
+                variant: variant.name.clone(),
+                input_series,
+                output_series,
+                input_samples: self.input_samples,
+                output_samples: variant.output_samples,
+                reduction_percent: if input_series == 0 {
+                    0.0
+                } else {
+                    100.0 * (1.0 - output_series as f64 / input_series as f64)
+                },
+                protected_in: self.protected_in,
+                protected_out: variant.protected_out,
+                max_relative_error,
+                worst_metric,
+                anomalies_in: self.anomalies_in,
+                anomalies_kept: variant.anomalies_kept,
+                ns_per_sample: if self.input_samples == 0 {
+                    0.0
+                } else {
+                    variant.elapsed.as_nanos() as f64 / self.input_samples as f64
+                },
+                processors: processors.get(index).cloned().unwrap_or_default(),
+            });
+            variant.output_ids.clear();
+            variant.output_samples = 0;
+            variant.output_sums.clear();
+            variant.protected_out = 0;
+            variant.anomalies_kept = 0;
+            variant.elapsed = Duration::ZERO;
+        }
+        self.input_ids.clear();
+        self.input_samples = 0;
+        self.input_sums.clear();
+        self.protected_in = 0;
+        self.anomalies_in = 0;
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Label, Labels, MetricKind, Sample};
+
+    fn gauge(pod: &str, v: f64) -> Series {
+        Series::new(
+            Sym::from("mem"),
+            Labels::from_unsorted(vec![Label::new(Sym::from("pod"), Sym::from(pod))]),
+            MetricKind::Gauge,
+            vec![Sample::new(1, v)],
+        )
+    }
+
+    #[test]
+    fn identical_output_has_no_error_no_reduction_and_full_coverage() {
+        let protect = vec![Selector::parse(r#"{pod="a"}"#).unwrap()];
+        let mut meter = KpiMeter::new(&["baseline"], protect);
+        let input = Batch::new(vec![gauge("a", 1.0), gauge("b", 2.0)]);
+        meter.record_input(&input, &[gauge("b", 2.0).id()]);
+        meter.record_output(0, &input, Duration::from_micros(2));
+        let kpis = &meter.finish_interval(&[])[0];
+        assert_eq!(kpis.reduction_percent, 0.0);
+        assert_eq!(kpis.max_relative_error, 0.0);
+        assert_eq!((kpis.protected_in, kpis.protected_out), (1, 1));
+        assert_eq!((kpis.anomalies_in, kpis.anomalies_kept), (1, 1));
+        assert_eq!(kpis.ns_per_sample, 1000.0);
+    }
+
+    #[test]
+    fn folded_output_reports_reduction_error_and_missing_protected() {
+        let protect = vec![Selector::parse(r#"{pod="a"}"#).unwrap()];
+        let mut meter = KpiMeter::new(&["candidate"], protect);
+        let input = Batch::new(vec![gauge("a", 1.0), gauge("b", 2.0)]);
+        meter.record_input(&input, &[]);
+        let output = Batch::new(vec![gauge("all", 2.7)]);
+        meter.record_output(0, &output, Duration::ZERO);
+        let kpis = &meter.finish_interval(&[])[0];
+        assert_eq!(kpis.reduction_percent, 50.0);
+        assert!((kpis.max_relative_error - 0.1).abs() < 1e-12);
+        assert_eq!(kpis.protected_out, 0);
+        assert_eq!(kpis.protected_coverage_percent(), 0.0);
+    }
+}

@@ -1,0 +1,371 @@
+//! Phoenix's persistence: one [`Store`] trait, implemented over SQLite (embedded, the default:
+//! one API process, nothing to install) and PostgreSQL (several stateless API replicas). The
+//! same conformance suite runs unchanged against both (`tests/conformance.rs`).
+//!
+//! The task queue lives here: enqueue with idempotency keys, atomic claims with a lease,
+//! lease expiry back to `pending` up to `max_attempts`, status updates only by the holder.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+
+use phoenix_core::{
+    Agent, Experiment, ExperimentCommand, ExperimentEvent, ExperimentId, ExperimentPatch,
+    ExperimentPhase, Heartbeat, HostId, KpiBatch, NewTask, Task, TaskId, TaskStatus,
+};
+
+mod common;
+#[cfg(feature = "testsuite")]
+pub mod conformance;
+mod error;
+pub mod postgres;
+pub mod sqlite;
+
+pub use error::StoreError;
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A page of results.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Rows matching the filter, all pages together.
+    pub total: u64,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExperimentQuery {
+    pub phase: Option<ExperimentPhase>,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskQuery {
+    pub status: Option<TaskStatus>,
+    pub host_id: Option<HostId>,
+    pub experiment_id: Option<ExperimentId>,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+/// An accepted experiment command, as persisted: the experiment after it, the one event it
+/// emitted, and the tasks enqueued in the same transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransitionOutcome {
+    pub experiment: Experiment,
+    pub event: ExperimentEvent,
+    pub tasks: Vec<Task>,
+}
+
+/// The result of an enqueue: `created` is false when the idempotency key already named a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enqueued {
+    pub task: Task,
+    pub created: bool,
+}
+
+/// What the holder of a task reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskStatusUpdate {
+    pub status: TaskStatus,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
+}
+
+/// What an agent needs to prove to be itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentCredentials {
+    pub host_id: HostId,
+    /// Hex SHA-256 of the agent's secret (the secret is 256 random bits, so a plain hash is
+    /// enough; nothing to brute-force).
+    pub secret_hash: String,
+    pub revoked: bool,
+}
+
+/// Counts of one KPI insert: replays are accepted and not stored twice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct KpiInsertOutcome {
+    pub inserted: u64,
+    pub duplicates: u64,
+}
+
+/// A KPI batch as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredKpiBatch {
+    pub host_id: HostId,
+    pub received_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub batch: KpiBatch,
+}
+
+/// Severity of an agent log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trace => "trace",
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// One log line an agent forwarded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentLogEntry {
+    pub at: DateTime<Utc>,
+    pub level: LogLevel,
+    pub message: String,
+    #[serde(default)]
+    pub fields: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredAgentLog {
+    pub host_id: HostId,
+    pub received_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub entry: AgentLogEntry,
+}
+
+/// Why a long-poll should look at the queue again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wakeup {
+    /// A task for this host became claimable.
+    Host(HostId),
+    /// A task any host may claim became claimable.
+    AnyHost,
+    /// Notifications may have been missed (the listener reconnected): everyone looks again.
+    Resync,
+}
+
+pub type WakeupStream = Pin<Box<dyn Stream<Item = Wakeup> + Send>>;
+
+/// Everything Phoenix persists. Implementations must be safe to share between tasks and, for
+/// PostgreSQL, between API processes on one database.
+#[async_trait]
+pub trait Store: Send + Sync + Debug + 'static {
+    fn backend(&self) -> Backend;
+
+    /// Reachability check for `/ready`.
+    async fn ping(&self) -> Result<()>;
+
+    // ---- experiments ----
+
+    /// Insert a new (pending) experiment and its `created` event.
+    async fn create_experiment(&self, experiment: &Experiment) -> Result<ExperimentEvent>;
+    async fn get_experiment(&self, id: ExperimentId) -> Result<Experiment>;
+    async fn list_experiments(&self, query: &ExperimentQuery) -> Result<Page<Experiment>>;
+    /// Apply a patch under the core rules ([`Experiment::apply_patch`]) in one transaction;
+    /// emits an `updated` event when something changed.
+    async fn update_experiment(
+        &self,
+        id: ExperimentId,
+        patch: ExperimentPatch,
+        now: DateTime<Utc>,
+    ) -> Result<(Experiment, Option<ExperimentEvent>)>;
+    /// Delete an experiment that is not active (pending or terminal), with its events.
+    async fn delete_experiment(&self, id: ExperimentId) -> Result<()>;
+    /// Run a command through the state machine ([`phoenix_core::apply_command`]) and, in the
+    /// same transaction, persist the new phase, its event and the tasks to enqueue.
+    async fn transition_experiment(
+        &self,
+        id: ExperimentId,
+        command: &ExperimentCommand,
+        enqueue: &[NewTask],
+        now: DateTime<Utc>,
+    ) -> Result<TransitionOutcome>;
+    /// Events with `seq > after_seq`, oldest first.
+    async fn list_experiment_events(
+        &self,
+        id: ExperimentId,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<ExperimentEvent>>;
+    /// Every experiment's phase, for `/metrics`.
+    async fn experiment_phases(&self) -> Result<Vec<(ExperimentId, ExperimentPhase)>>;
+
+    // ---- task queue ----
+
+    async fn enqueue_task(&self, task: &NewTask, now: DateTime<Utc>) -> Result<Enqueued>;
+    async fn get_task(&self, id: TaskId) -> Result<Task>;
+    async fn list_tasks(&self, query: &TaskQuery) -> Result<Page<Task>>;
+    /// Atomically claim up to `limit` claimable tasks for `host` (targeted at it or at any
+    /// host; `not_before` passed), highest priority first then oldest: they become `assigned`
+    /// to `host` with a lease until `now + lease` and their `attempts` grows by one.
+    async fn claim_tasks(
+        &self,
+        host: &HostId,
+        limit: u32,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Task>>;
+    /// Report on a held task. Only the holder may (others: [`StoreError::TaskNotHeld`]);
+    /// `running` renews the lease; repeating the terminal status already recorded by the same
+    /// host returns the task unchanged (an agent retrying after a lost response).
+    async fn update_task_status(
+        &self,
+        id: TaskId,
+        host: &HostId,
+        update: &TaskStatusUpdate,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Task>;
+    /// Report on many tasks `host` holds at once (an agent finishing a claimed batch): each
+    /// report follows the rules of [`Store::update_task_status`] and gets its own outcome, in
+    /// the order given. The outer error means the database failed; reports before the failure
+    /// may have been applied, and sending them again is safe (a repeated terminal report is
+    /// idempotent). Backends apply the reports in one round trip; this default reports them
+    /// one by one.
+    async fn complete_tasks(
+        &self,
+        host: &HostId,
+        reports: &[(TaskId, TaskStatusUpdate)],
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<Task>>> {
+        let mut outcomes = Vec::with_capacity(reports.len());
+        for (id, update) in reports {
+            match self.update_task_status(*id, host, update, lease, now).await {
+                Err(e) if e.is_database_failure() => return Err(e),
+                outcome => outcomes.push(outcome),
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Push the lease of every task `host` holds to `now + lease` (called on heartbeat).
+    async fn renew_leases(&self, host: &HostId, lease: Duration, now: DateTime<Utc>)
+        -> Result<u64>;
+    /// Return tasks whose lease lapsed to `pending`, or to `failed` once they used
+    /// `max_attempts`; returns the tasks as they are afterwards.
+    async fn expire_leases(&self, now: DateTime<Utc>) -> Result<Vec<Task>>;
+    /// Hosts (None = any host) with pending tasks whose `not_before` falls in `(after, now]`,
+    /// so waiting long-polls can be woken when a delayed task becomes due.
+    async fn hosts_with_tasks_due(
+        &self,
+        after: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Option<HostId>>>;
+    /// Delete completed and failed tasks finished before `before`.
+    async fn sweep_finished_tasks(&self, before: DateTime<Utc>) -> Result<u64>;
+    async fn task_counts(&self) -> Result<BTreeMap<TaskStatus, u64>>;
+
+    // ---- agents ----
+
+    /// Create the agent, or give an existing non-revoked one a new secret.
+    /// A revoked agent stays revoked ([`StoreError::AgentRevoked`]).
+    async fn enroll_agent(
+        &self,
+        host: &HostId,
+        secret_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Agent>;
+    async fn agent_credentials(&self, host: &HostId) -> Result<Option<AgentCredentials>>;
+    /// Record a heartbeat: update the agent's last report and append to its history.
+    /// Heartbeats and agent logs may be committed without waiting for durability (PostgreSQL:
+    /// asynchronous commit); a database crash can lose the most recent ones.
+    async fn record_heartbeat(
+        &self,
+        host: &HostId,
+        heartbeat: &Heartbeat,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    async fn get_agent(&self, host: &HostId) -> Result<Agent>;
+    async fn list_agents(&self) -> Result<Vec<Agent>>;
+    async fn revoke_agent(&self, host: &HostId, now: DateTime<Utc>) -> Result<()>;
+    /// Heartbeats recorded for a host since `since`.
+    async fn count_heartbeats(&self, host: &HostId, since: DateTime<Utc>) -> Result<u64>;
+
+    // ---- KPIs and logs ----
+
+    /// Insert batches; a batch id already stored is counted as a duplicate, not stored again.
+    async fn insert_kpi_batches(
+        &self,
+        host: &HostId,
+        batches: &[KpiBatch],
+        now: DateTime<Utc>,
+    ) -> Result<KpiInsertOutcome>;
+    async fn list_kpi_batches(
+        &self,
+        experiment_id: ExperimentId,
+        limit: u32,
+    ) -> Result<Vec<StoredKpiBatch>>;
+    /// Per experiment, the candidate's active-series reduction in percent over its most recent
+    /// reported interval (summed across hosts).
+    async fn latest_reduction_percent(&self) -> Result<Vec<(ExperimentId, f64)>>;
+    async fn insert_agent_logs(
+        &self,
+        host: &HostId,
+        logs: &[AgentLogEntry],
+        now: DateTime<Utc>,
+    ) -> Result<u64>;
+    async fn list_agent_logs(&self, host: &HostId, limit: u32) -> Result<Vec<StoredAgentLog>>;
+
+    // ---- settings and retention ----
+
+    async fn get_setting(&self, key: &str) -> Result<Option<serde_json::Value>>;
+    async fn put_setting(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Delete KPI batches, heartbeats and agent logs received before `before`.
+    async fn sweep_telemetry(&self, before: DateTime<Utc>) -> Result<u64>;
+
+    // ---- cross-replica wake-ups ----
+
+    /// A stream of wake-ups published by any API process on the same database (PostgreSQL
+    /// `LISTEN/NOTIFY`), or `None` where there is only one process (SQLite).
+    async fn wakeups(&self) -> Result<Option<WakeupStream>>;
+}
+
+/// The store as the API holds it.
+pub type SharedStore = Arc<dyn Store>;
+
+/// Open the store a URL names and bring its schema up to date: `sqlite://path` (the file and
+/// its directory are created if missing) or `postgres://…` / `postgresql://…`.
+pub async fn connect(url: &str) -> Result<SharedStore> {
+    let scheme = url.split_once(':').map(|(scheme, _)| scheme).unwrap_or(url);
+    match scheme {
+        "sqlite" => Ok(Arc::new(SqliteStore::connect(url).await?)),
+        "postgres" | "postgresql" => Ok(Arc::new(PgStore::connect(url).await?)),
+        other => Err(StoreError::Unavailable(format!(
+            "unsupported database url scheme `{}`: use sqlite://path or postgres://user@host/db",
+            other.chars().take(32).collect::<String>()
+        ))),
+    }
+}
