@@ -2,13 +2,14 @@
 //! [`StoreError::Corrupt`], never a panic), page limits, lease arithmetic, the rules for who
 //! may report on a task, and the wording of the events and errors the store writes.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
 use std::str::FromStr;
 
 use chrono::{DateTime, Duration, Utc};
 use phoenix_core::{
-    EventKind, Experiment, ExperimentEvent, ExperimentMode, ExperimentPhase, HostId, NewTask, Task,
-    TaskId, TaskStatus,
+    EventKind, Experiment, ExperimentEvent, ExperimentMode, ExperimentPhase, Heartbeat, HostId,
+    NewTask, Task, TaskId, TaskStatus,
 };
 use serde::de::DeserializeOwned;
 
@@ -110,6 +111,15 @@ pub(crate) fn to_json_text<T: serde::Serialize + ?Sized>(
     value: &T,
 ) -> Result<String> {
     serde_json::to_string(value)
+        .map_err(|e| StoreError::Corrupt(format!("cannot encode {column} as JSON: {e}")))
+}
+
+/// A JSON value of one of our own types (see [`to_json_text`] on failure).
+pub(crate) fn to_json_value<T: serde::Serialize + ?Sized>(
+    column: &str,
+    value: &T,
+) -> Result<serde_json::Value> {
+    serde_json::to_value(value)
         .map_err(|e| StoreError::Corrupt(format!("cannot encode {column} as JSON: {e}")))
 }
 
@@ -295,6 +305,71 @@ pub(crate) fn reduction_percent(input_series: f64, output_series: f64) -> f64 {
     } else {
         (1.0 - output_series / input_series) * 100.0
     }
+}
+
+/// The heartbeats of a batch as the backends' set-based statements read them: the newest
+/// heartbeat per host updates the agent row (`agents`), every heartbeat goes to the history
+/// (`history`, filtered to accepted hosts by the caller).
+pub(crate) fn heartbeat_rows(beats: &[(HostId, Heartbeat)]) -> Result<serde_json::Value> {
+    let mut latest: BTreeMap<&str, &Heartbeat> = BTreeMap::new();
+    for (host, hb) in beats {
+        latest.insert(host.as_str(), hb);
+    }
+    let rows = latest
+        .into_iter()
+        .map(|(host, hb)| {
+            Ok(serde_json::json!({
+                "host_id": host,
+                "hostname": hb.hostname,
+                "version": hb.version,
+                "capabilities": to_json_value("capabilities", &hb.capabilities)?,
+                "labels": to_json_value("labels", &hb.labels)?,
+                "resource_usage": to_json_value("resource_usage", &hb.resource_usage)?,
+                "running_pipelines": to_json_value("running_pipelines", &hb.running_pipelines)?,
+            }))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(serde_json::Value::Array(rows))
+}
+
+/// History rows (`host_id`, `heartbeat`) of the heartbeats whose host was accepted.
+pub(crate) fn heartbeat_history(
+    beats: &[(HostId, Heartbeat)],
+    accepted: &BTreeSet<String>,
+) -> Result<serde_json::Value> {
+    let rows = beats
+        .iter()
+        .filter(|(host, _)| accepted.contains(host.as_str()))
+        .map(|(host, hb)| {
+            Ok(serde_json::json!({
+                "host_id": host.as_str(),
+                "heartbeat": to_json_value("heartbeat", hb)?,
+            }))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(serde_json::Value::Array(rows))
+}
+
+/// Per-entry outcomes of a heartbeat batch, from the hosts the agent update accepted, the
+/// leases renewed per host, and whether each refused host is revoked (absent: unknown).
+pub(crate) fn heartbeat_outcomes(
+    beats: &[(HostId, Heartbeat)],
+    accepted: &BTreeSet<String>,
+    renewed: &BTreeMap<String, u64>,
+    revoked: &BTreeMap<String, bool>,
+) -> Vec<Result<u64>> {
+    beats
+        .iter()
+        .map(|(host, _)| {
+            if accepted.contains(host.as_str()) {
+                Ok(renewed.get(host.as_str()).copied().unwrap_or(0))
+            } else if revoked.get(host.as_str()).copied().unwrap_or(false) {
+                Err(StoreError::AgentRevoked(host.clone()))
+            } else {
+                Err(not_found("agent", host))
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

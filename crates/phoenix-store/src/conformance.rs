@@ -81,6 +81,8 @@ macro_rules! conformance_suite {
             sweep_deletes_only_old_finished_tasks,
             task_counts_cover_every_status,
             agent_enrollment_credentials_heartbeats_and_revocation,
+            batched_heartbeats_renew_each_hosts_leases_and_refuse_unknown_or_revoked,
+            claim_skips_other_hosts_backlog_and_merges_host_less_tasks_in_order,
             kpi_replay_is_not_stored_twice,
             latest_reduction_uses_candidates_latest_interval,
             agent_logs_round_trip_newest_first,
@@ -1626,4 +1628,143 @@ pub async fn sweep_telemetry_deletes_only_old_rows(store: SharedStore) {
     assert_eq!(store.count_heartbeats(&a, t0()).await.unwrap(), 1);
     assert_eq!(store.list_agent_logs(&a, 10).await.unwrap().len(), 1);
     assert_eq!(store.sweep_telemetry(cutoff).await.unwrap(), 0);
+}
+
+/// The API gathers concurrent heartbeats into one `record_heartbeats` call: each entry gets
+/// its own outcome, leases are renewed per host, and every heartbeat lands in the history.
+pub async fn batched_heartbeats_renew_each_hosts_leases_and_refuse_unknown_or_revoked(
+    store: SharedStore,
+) {
+    let (a, b, r) = (host("batch-a"), host("batch-b"), host("batch-revoked"));
+    for h in [&a, &b, &r] {
+        store.enroll_agent(h, "hash", t0()).await.unwrap();
+    }
+    store.revoke_agent(&r, t0()).await.unwrap();
+    for h in [&a, &a, &b] {
+        store
+            .enqueue_task(&task(TaskType::Health).for_host(h.clone()), t0())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .claim_tasks(&a, 10, lease(), t0())
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        store
+            .claim_tasks(&b, 10, lease(), t0())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let beat = |version: &str| Heartbeat {
+        version: version.into(),
+        labels: [("zone".to_string(), "eu-1".to_string())]
+            .into_iter()
+            .collect(),
+        running_pipelines: vec![json!({"name": "candidate"})],
+        ..Heartbeat::default()
+    };
+    let now = t0() + Duration::seconds(50);
+    let outcomes = store
+        .record_heartbeats(
+            &[
+                (a.clone(), beat("1")),
+                (b.clone(), beat("1")),
+                (host("batch-unknown"), beat("1")),
+                (r.clone(), beat("1")),
+                (a.clone(), beat("2")),
+            ],
+            lease(),
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 5);
+    assert_eq!(*outcomes[0].as_ref().unwrap(), 2);
+    assert_eq!(*outcomes[1].as_ref().unwrap(), 1);
+    assert!(
+        matches!(outcomes[2], Err(StoreError::NotFound { .. })),
+        "{:?}",
+        outcomes[2]
+    );
+    assert!(
+        matches!(outcomes[3], Err(StoreError::AgentRevoked(_))),
+        "{:?}",
+        outcomes[3]
+    );
+    assert_eq!(*outcomes[4].as_ref().unwrap(), 2);
+
+    // The newest heartbeat of a host wins; both went to the history.
+    let seen = store.get_agent(&a).await.unwrap();
+    assert_eq!(seen.version, "2");
+    assert_eq!(seen.last_seen_at, Some(now));
+    assert_eq!(seen.labels.get("zone").map(String::as_str), Some("eu-1"));
+    assert_eq!(seen.running_pipelines, vec![json!({"name": "candidate"})]);
+    assert_eq!(store.count_heartbeats(&a, t0()).await.unwrap(), 2);
+    assert_eq!(store.count_heartbeats(&b, t0()).await.unwrap(), 1);
+    assert_eq!(store.count_heartbeats(&r, t0()).await.unwrap(), 0);
+
+    // The renewal holds: at the original lease's end nothing expires, after the new one all do.
+    assert!(store
+        .expire_leases(t0() + lease())
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.expire_leases(now + lease()).await.unwrap().len(), 3);
+    assert!(store
+        .record_heartbeats(&[], lease(), now)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// A claim takes the host's own tasks and host-less ones in one priority-then-age order, and
+/// a large backlog of other hosts' tasks neither blocks nor leaks into it.
+pub async fn claim_skips_other_hosts_backlog_and_merges_host_less_tasks_in_order(
+    store: SharedStore,
+) {
+    let me = host("claimer");
+    for i in 0..300 {
+        let other = host(&format!("other-{}", i % 7));
+        store
+            .enqueue_task(&task(TaskType::Health).for_host(other), t0())
+            .await
+            .unwrap();
+    }
+    let at = |s: i64| t0() + Duration::seconds(s);
+    let mut expected = Vec::new();
+    // (priority, created second, targeted at me?)
+    for (priority, second, mine) in [(0, 1, true), (5, 2, false), (0, 3, false), (5, 4, true)] {
+        let mut t = task(TaskType::Health);
+        t.priority = priority;
+        if mine {
+            t = t.for_host(me.clone());
+        }
+        let id = store.enqueue_task(&t, at(second)).await.unwrap().task.id;
+        expected.push((priority, second, id));
+    }
+    expected.sort_by_key(|&(priority, second, _)| (-priority, second));
+    let expected: Vec<_> = expected.into_iter().map(|(_, _, id)| id).collect();
+
+    let first = store.claim_tasks(&me, 3, lease(), at(10)).await.unwrap();
+    let second = store.claim_tasks(&me, 3, lease(), at(10)).await.unwrap();
+    let claimed: Vec<_> = first.iter().chain(&second).map(|t| t.id).collect();
+    assert_eq!(first.len(), 3);
+    assert_eq!(claimed, expected);
+    assert!(store
+        .claim_tasks(&me, 3, lease(), at(10))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(first
+        .iter()
+        .chain(&second)
+        .all(|t| t.assigned_to.as_ref() == Some(&me)));
 }

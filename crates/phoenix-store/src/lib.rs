@@ -160,15 +160,19 @@ pub struct StoredAgentLog {
     pub entry: AgentLogEntry,
 }
 
-/// Why a long-poll should look at the queue again.
+/// Why a long-poll should look at the queue again (or, for [`Wakeup::AgentChanged`], why
+/// cached agent credentials are stale).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wakeup {
     /// A task for this host became claimable.
     Host(HostId),
     /// A task any host may claim became claimable.
     AnyHost,
-    /// Notifications may have been missed (the listener reconnected): everyone looks again.
+    /// Notifications may have been missed (the listener reconnected): everyone looks again,
+    /// and anything cached from the database is suspect.
     Resync,
+    /// This agent was enrolled again (a new secret) or revoked: forget cached credentials.
+    AgentChanged(HostId),
 }
 
 pub type WakeupStream = Pin<Box<dyn Stream<Item = Wakeup> + Send>>;
@@ -303,6 +307,32 @@ pub trait Store: Send + Sync + Debug + 'static {
         heartbeat: &Heartbeat,
         now: DateTime<Utc>,
     ) -> Result<()>;
+    /// Record the heartbeats of many agents and renew the leases of the tasks they hold, in
+    /// one transaction (the API gathers the heartbeats that arrive together, so a fleet's
+    /// heartbeats cost a few commits a second instead of one each). Outcome per entry, in
+    /// order: the leases renewed for its host, or [`StoreError::AgentRevoked`] /
+    /// [`StoreError::NotFound`]. The outer error means the database failed and nothing was
+    /// recorded. Like [`Store::record_heartbeat`], this may commit without waiting for
+    /// durability.
+    async fn record_heartbeats(
+        &self,
+        beats: &[(HostId, Heartbeat)],
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<u64>>> {
+        let mut outcomes = Vec::with_capacity(beats.len());
+        for (host, heartbeat) in beats {
+            let outcome = match self.record_heartbeat(host, heartbeat, now).await {
+                Ok(()) => self.renew_leases(host, lease, now).await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Err(e) if e.is_database_failure() => return Err(e),
+                outcome => outcomes.push(outcome),
+            }
+        }
+        Ok(outcomes)
+    }
     async fn get_agent(&self, host: &HostId) -> Result<Agent>;
     async fn list_agents(&self) -> Result<Vec<Agent>>;
     async fn revoke_agent(&self, host: &HostId, now: DateTime<Utc>) -> Result<()>;

@@ -1,7 +1,8 @@
 //! The production backend: PostgreSQL shared by several stateless API replicas. Claims use
-//! `FOR UPDATE SKIP LOCKED` so replicas never hand out a task twice nor wait on each other;
-//! every enqueue (and every task put back to `pending`) sends `NOTIFY phoenix_task_wakeup` in
-//! its own transaction, and [`PgStore::wakeups`] turns that channel into a stream that
+//! `FOR UPDATE SKIP LOCKED` so replicas never hand out a task twice nor wait on each other.
+//! Once a transaction that made tasks claimable has committed, the hosts concerned are
+//! published on `NOTIFY phoenix_task_wakeup` by a [`Notifier`] that coalesces concurrent
+//! wake-ups into one statement, and [`PgStore::wakeups`] turns that channel into a stream that
 //! survives database restarts.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -12,7 +13,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::Row;
+use sqlx::{Connection, Row};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -50,6 +51,7 @@ pub struct PgStore {
     pool: PgPool,
     /// What the wake-up listeners connect with (each has its own connection).
     options: PgConnectOptions,
+    notifier: Notifier,
 }
 
 impl PgStore {
@@ -67,13 +69,21 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // A ping per checkout doubles the round trips of every short query; a broken
+            // connection surfaces as an error on first use and the pool replaces it.
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await
             .map_err(|e| {
                 StoreError::Unavailable(format!("cannot connect to PostgreSQL at {target}: {e}"))
             })?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool, options })
+        let notifier = Notifier::start(options.clone());
+        Ok(Self {
+            pool,
+            options,
+            notifier,
+        })
     }
 
     /// The connection pool, for callers that need a raw connection (tests, tooling).
@@ -362,25 +372,136 @@ async fn relaxed_durability(conn: &mut PgConnection) -> Result<()> {
     Ok(())
 }
 
-/// Queue one `NOTIFY` per distinct host (`''` for host-less tasks); delivered at commit.
-async fn notify_wakeups<'a>(
-    conn: &mut PgConnection,
-    hosts: impl IntoIterator<Item = Option<&'a HostId>>,
-) -> Result<()> {
-    let payloads: BTreeSet<&str> = hosts
-        .into_iter()
-        .map(|h| h.map(HostId::as_str).unwrap_or(""))
-        .collect();
-    if payloads.is_empty() {
-        return Ok(());
+/// Publishes wake-ups on [`WAKEUP_CHANNEL`] after the transactions that caused them have
+/// committed. Sending `NOTIFY` inside those transactions serialised every enqueue's commit
+/// behind PostgreSQL's database-wide notify lock *and* its WAL flush (the `Lock object` wait
+/// that capped enqueues at a few thousand per second); here one background task gathers
+/// whatever accumulated while its previous statement ran and sends it as one statement, on a
+/// connection of its own with asynchronous commit (a notification lost to a crash costs a
+/// listener nothing: it resyncs when it reconnects).
+///
+/// A payload is a comma-separated list: a host id, `""` for host-less tasks, or `~<host>`
+/// when that agent's credentials changed (host ids never contain `,` or `~`).
+#[derive(Debug, Clone)]
+struct Notifier {
+    tx: mpsc::UnboundedSender<String>,
+}
+
+/// `NOTIFY` payloads must stay under 8000 bytes.
+const NOTIFY_PAYLOAD_MAX: usize = 7_900;
+
+impl Notifier {
+    fn start(options: PgConnectOptions) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_notifier(options, rx));
+        Self { tx }
     }
-    let payloads: Vec<&str> = payloads.into_iter().collect();
+
+    /// Wake long-polls of these hosts (`None`: tasks any host may claim).
+    fn tasks_claimable<'a>(&self, hosts: impl IntoIterator<Item = Option<&'a HostId>>) {
+        for host in hosts {
+            // The receiver lives as long as any clone of the store.
+            let _ = self
+                .tx
+                .send(host.map(|h| h.as_str().to_string()).unwrap_or_default());
+        }
+    }
+
+    fn agent_changed(&self, host: &HostId) {
+        let _ = self.tx.send(format!("~{host}"));
+    }
+}
+
+async fn run_notifier(options: PgConnectOptions, mut rx: mpsc::UnboundedReceiver<String>) {
+    let mut conn: Option<PgConnection> = None;
+    let mut pending: BTreeSet<String> = BTreeSet::new();
+    let mut backoff = LISTENER_MIN_BACKOFF;
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(item) => {
+                    pending.insert(item);
+                }
+                None => return,
+            }
+        }
+        while let Ok(item) = rx.try_recv() {
+            pending.insert(item);
+        }
+        let mut payloads = Vec::new();
+        let mut chunk: Vec<&str> = Vec::new();
+        let mut len = 0;
+        for item in &pending {
+            if !chunk.is_empty() && len + 1 + item.len() > NOTIFY_PAYLOAD_MAX {
+                payloads.push(chunk.join(","));
+                chunk.clear();
+                len = 0;
+            }
+            len += item.len() + usize::from(!chunk.is_empty());
+            chunk.push(item);
+        }
+        if !chunk.is_empty() {
+            payloads.push(chunk.join(","));
+        }
+        match send_notifications(&mut conn, &options, &payloads).await {
+            Ok(()) => {
+                pending.clear();
+                backoff = LISTENER_MIN_BACKOFF;
+            }
+            Err(e) => {
+                // Keep what is pending and try again on a new connection.
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                    "cannot publish task wake-ups");
+                conn = None;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(LISTENER_MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+async fn send_notifications(
+    conn: &mut Option<PgConnection>,
+    options: &PgConnectOptions,
+    payloads: &[String],
+) -> Result<(), sqlx::Error> {
+    let c = match conn {
+        Some(c) => c,
+        None => {
+            let mut c = PgConnection::connect_with(options).await?;
+            sqlx::query("SET synchronous_commit = off")
+                .execute(&mut c)
+                .await?;
+            conn.insert(c)
+        }
+    };
     sqlx::query("SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload")
         .bind(WAKEUP_CHANNEL)
         .bind(payloads)
-        .execute(&mut *conn)
+        .execute(c)
         .await?;
     Ok(())
+}
+
+/// The wake-ups one notification carries.
+fn parse_wakeups(payload: &str) -> Vec<Wakeup> {
+    payload
+        .split(',')
+        .map(|item| match item {
+            "" => Wakeup::AnyHost,
+            item => match item.strip_prefix('~') {
+                Some(host) => match HostId::parse(host) {
+                    Ok(host) => Wakeup::AgentChanged(host),
+                    Err(_) => Wakeup::Resync,
+                },
+                None => match HostId::parse(item) {
+                    Ok(host) => Wakeup::Host(host),
+                    // Not ours to interpret: have everyone look.
+                    Err(_) => Wakeup::Resync,
+                },
+            },
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -536,8 +657,9 @@ impl Store for PgStore {
             }
             tasks.push(enqueued.task);
         }
-        notify_wakeups(&mut tx, woken.iter().map(Option::as_ref)).await?;
         tx.commit().await?;
+        self.notifier
+            .tasks_claimable(woken.iter().map(Option::as_ref));
         Ok(TransitionOutcome {
             experiment,
             event,
@@ -584,12 +706,13 @@ impl Store for PgStore {
     // ---- task queue ----
 
     async fn enqueue_task(&self, task: &NewTask, now: DateTime<Utc>) -> Result<Enqueued> {
-        let mut tx = self.pool.begin().await?;
-        let enqueued = insert_task(&mut tx, task, now).await?;
+        // No explicit transaction: the insert commits on its own, and the lookup after a
+        // conflicting key reads the committed task (ON CONFLICT waited for its transaction).
+        let enqueued = insert_task(&mut *self.pool.acquire().await?, task, now).await?;
         if enqueued.created {
-            notify_wakeups(&mut tx, [enqueued.task.host_id.as_ref()]).await?;
+            self.notifier
+                .tasks_claimable([enqueued.task.host_id.as_ref()]);
         }
-        tx.commit().await?;
         Ok(enqueued)
     }
 
@@ -646,20 +769,37 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         // The claimable ids are collected once (an InitPlan: the LIMIT applies once) and the
-        // rows reached through the primary key. SKIP LOCKED lets concurrent claimers (other
-        // replicas) take the next rows instead of waiting on these. Not `FROM (CTE) JOIN`:
-        // the generic plan of that prepared statement hash-joins against a sequential scan of
-        // the whole table, making every claim cost O(queue length).
+        // rows reached through the primary key. They come from two ordered, locked ranges of
+        // `tasks_claimable_host` (this host's tasks, host-less tasks) merged in claim order, so
+        // the plan does not depend on statistics and a claim costs O(limit) whatever the
+        // backlog of other hosts (a single `host_id = $1 OR host_id IS NULL` scan let a stale
+        // ANALYZE pick a bitmap scan that sorted the whole backlog). SKIP LOCKED lets
+        // concurrent claimers (other replicas) take the next rows instead of waiting on these;
+        // rows locked by a branch but not claimed are released at commit. Not `FROM (CTE)
+        // JOIN`: the generic plan of that prepared statement hash-joins against a sequential
+        // scan of the whole table.
         let rows = sqlx::query(
             "UPDATE tasks t SET status = 'assigned', assigned_to = $1, assigned_at = $2,
                  lease_expires_at = $3, attempts = t.attempts + 1, updated_at = $2
              WHERE t.id = ANY(ARRAY(
-                 SELECT id FROM tasks
-                 WHERE status = 'pending' AND (host_id = $1 OR host_id IS NULL)
-                   AND (not_before IS NULL OR not_before <= $2)
-                 ORDER BY priority DESC, created_at, id
-                 LIMIT $4
-                 FOR UPDATE SKIP LOCKED))
+                 WITH own AS (
+                     SELECT id, priority, created_at FROM tasks
+                     WHERE status = 'pending' AND host_id = $1
+                       AND (not_before IS NULL OR not_before <= $2)
+                     ORDER BY priority DESC, created_at, id
+                     LIMIT $4
+                     FOR UPDATE SKIP LOCKED
+                 ), shared AS (
+                     SELECT id, priority, created_at FROM tasks
+                     WHERE status = 'pending' AND host_id IS NULL
+                       AND (not_before IS NULL OR not_before <= $2)
+                     ORDER BY priority DESC, created_at, id
+                     LIMIT $4
+                     FOR UPDATE SKIP LOCKED
+                 )
+                 SELECT c.id FROM (SELECT * FROM own UNION ALL SELECT * FROM shared) c
+                 ORDER BY c.priority DESC, c.created_at, c.id
+                 LIMIT $4))
              RETURNING t.*",
         )
         .bind(host.as_str())
@@ -801,15 +941,13 @@ impl Store for PgStore {
         .fetch_all(&mut *tx)
         .await?;
         let mut tasks = tasks_from_rows(&rows)?;
-        notify_wakeups(
-            &mut tx,
+        tx.commit().await?;
+        self.notifier.tasks_claimable(
             tasks
                 .iter()
                 .filter(|t| t.status == TaskStatus::Pending)
                 .map(|t| t.host_id.as_ref()),
-        )
-        .await?;
-        tx.commit().await?;
+        );
         tasks.sort_by_key(|t| t.id);
         Ok(tasks)
     }
@@ -878,6 +1016,7 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| StoreError::AgentRevoked(host.clone()))?;
+        self.notifier.agent_changed(host);
         agent_from_row(&row)
     }
 
@@ -940,6 +1079,87 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn record_heartbeats(
+        &self,
+        beats: &[(HostId, Heartbeat)],
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<u64>>> {
+        if beats.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Set-based statements over a JSON array: a batch costs one transaction of a few
+        // statements, committed without waiting for the WAL flush.
+        let rows = common::heartbeat_rows(beats)?;
+        let mut tx = self.pool.begin().await?;
+        relaxed_durability(&mut tx).await?;
+        let accepted: BTreeSet<String> = sqlx::query_scalar(
+            "UPDATE agents a SET hostname = b.hostname, version = b.version,
+                 capabilities = b.capabilities, labels = b.labels,
+                 resource_usage = b.resource_usage, running_pipelines = b.running_pipelines,
+                 last_seen_at = $2
+             FROM jsonb_to_recordset($1::jsonb) AS b(host_id text, hostname text, version text,
+                 capabilities jsonb, labels jsonb, resource_usage jsonb, running_pipelines jsonb)
+             WHERE a.host_id = b.host_id AND a.revoked = false
+             RETURNING a.host_id",
+        )
+        .bind(&rows)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let mut renewed: BTreeMap<String, u64> = BTreeMap::new();
+        if !accepted.is_empty() {
+            let history = common::heartbeat_history(beats, &accepted)?;
+            sqlx::query(
+                "INSERT INTO agent_heartbeats (host_id, at, heartbeat)
+                 SELECT b.host_id, $2, b.heartbeat
+                 FROM jsonb_to_recordset($1::jsonb) AS b(host_id text, heartbeat jsonb)",
+            )
+            .bind(&history)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let hosts: Vec<&str> = accepted.iter().map(String::as_str).collect();
+            let held: Vec<String> = sqlx::query_scalar(
+                "UPDATE tasks SET lease_expires_at = $2, updated_at = $3
+                 WHERE status IN ('assigned', 'running') AND assigned_to = ANY($1)
+                 RETURNING assigned_to",
+            )
+            .bind(&hosts)
+            .bind(common::lease_until(now, lease))
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            for host in held {
+                *renewed.entry(host).or_default() += 1;
+            }
+        }
+        let mut revoked: BTreeMap<String, bool> = BTreeMap::new();
+        if accepted.len() < beats.len() {
+            let refused: Vec<&str> = beats
+                .iter()
+                .map(|(h, _)| h.as_str())
+                .filter(|h| !accepted.contains(*h))
+                .collect();
+            if !refused.is_empty() {
+                let rows =
+                    sqlx::query("SELECT host_id, revoked FROM agents WHERE host_id = ANY($1)")
+                        .bind(&refused)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                for row in rows {
+                    revoked.insert(text(&row, "host_id")?, row.try_get("revoked")?);
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(common::heartbeat_outcomes(
+            beats, &accepted, &renewed, &revoked,
+        ))
+    }
+
     async fn get_agent(&self, host: &HostId) -> Result<Agent> {
         let row = sqlx::query("SELECT * FROM agents WHERE host_id = $1")
             .bind(host.as_str())
@@ -968,6 +1188,7 @@ impl Store for PgStore {
         if done.rows_affected() == 0 {
             return Err(not_found("agent", host));
         }
+        self.notifier.agent_changed(host);
         Ok(())
     }
 
@@ -1285,20 +1506,13 @@ async fn run_listener(
                 _ = tx.closed() => return,
                 next = current.try_recv() => next,
             };
-            let wakeup = match next {
-                Ok(Some(notification)) => match notification.payload() {
-                    "" => Wakeup::AnyHost,
-                    payload => match HostId::parse(payload) {
-                        Ok(host) => Wakeup::Host(host),
-                        // Not ours to interpret: have everyone look.
-                        Err(_) => Wakeup::Resync,
-                    },
-                },
+            let wakeups = match next {
+                Ok(Some(notification)) => parse_wakeups(notification.payload()),
                 // The connection dropped and PgListener has already reconnected and listens
                 // again; whatever was sent in between is lost.
                 Ok(None) => {
                     tracing::info!("task wake-up listener reconnected");
-                    Wakeup::Resync
+                    vec![Wakeup::Resync]
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "task wake-up listener lost its connection");
@@ -1306,8 +1520,10 @@ async fn run_listener(
                     break;
                 }
             };
-            if tx.send(wakeup).await.is_err() {
-                return;
+            for wakeup in wakeups {
+                if tx.send(wakeup).await.is_err() {
+                    return;
+                }
             }
         }
     }

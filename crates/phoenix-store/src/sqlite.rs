@@ -3,19 +3,21 @@
 //! SQLite's lock and failing with `SQLITE_BUSY`); reads use a separate pool of four.
 //! Timestamps are INTEGER unix microseconds, ids hyphenated UUID text, JSON is TEXT.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteRow, SqliteSynchronous,
 };
-use sqlx::Row;
+use sqlx::{Connection, Row};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 use phoenix_core::{
     apply_command, Agent, Experiment, ExperimentCommand, ExperimentEvent, ExperimentId,
@@ -37,18 +39,104 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// How long a statement waits for SQLite's file lock (only another process can hold it).
 const BUSY_TIMEOUT: StdDuration = StdDuration::from_secs(5);
-/// How long a caller waits for the single write connection before the store reports
-/// itself unavailable.
-const WRITE_ACQUIRE_TIMEOUT: StdDuration = StdDuration::from_secs(30);
-const READ_CONNECTIONS: u32 = 4;
+/// How long a caller waits for a connection (the single write connection, or a read one)
+/// before the store reports itself unavailable.
+const ACQUIRE_TIMEOUT: StdDuration = StdDuration::from_secs(30);
+const READ_CONNECTIONS: usize = 4;
+
+/// The ids a claim by host `?1` at time `?2` takes, at most `?4` (`?3` in the read-only
+/// probe), in claim order: the host's own pending tasks and the host-less ones are read as two
+/// ordered ranges of `tasks_claimable_host` and merged, so the cost does not grow with other
+/// hosts' backlog.
+macro_rules! claimable_ids {
+    ($limit:literal) => {
+        concat!(
+            "SELECT id FROM (
+                 SELECT * FROM (SELECT id, priority, created_at FROM tasks
+                     WHERE status = 'pending' AND host_id = ?1
+                       AND (not_before IS NULL OR not_before <= ?2)
+                     ORDER BY priority DESC, created_at, id LIMIT ",
+            $limit,
+            ")
+                 UNION ALL
+                 SELECT * FROM (SELECT id, priority, created_at FROM tasks
+                     WHERE status = 'pending' AND host_id IS NULL
+                       AND (not_before IS NULL OR not_before <= ?2)
+                     ORDER BY priority DESC, created_at, id LIMIT ",
+            $limit,
+            "))
+             ORDER BY priority DESC, created_at, id LIMIT ",
+            $limit
+        )
+    };
+}
+const CLAIMABLE_IDS: &str = claimable_ids!("?3");
+const CLAIMABLE_IDS_LEASED: &str = claimable_ids!("?4");
 
 /// [`Store`] over one SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     /// Exactly one connection: every write, and every read that decides a write.
-    write: SqlitePool,
+    write: Arc<Connections>,
     /// Read-only connections for plain reads.
-    read: SqlitePool,
+    read: Arc<Connections>,
+}
+
+/// Connections held directly instead of in an `sqlx::Pool`. The pool pings a connection each
+/// time it is checked in (and by default out); for SQLite each ping is a round trip to the
+/// connection's worker thread, which tripled the thread hops of a one-statement query and
+/// dominated the API's CPU profile under a fleet's load. A caller takes one connection for
+/// as long as it needs it; a future dropped mid-statement leaves the statement to finish on
+/// the worker thread, and a dropped transaction is rolled back before the next statement.
+#[derive(Debug)]
+struct Connections {
+    conns: Vec<Mutex<Option<SqliteConnection>>>,
+    next: AtomicUsize,
+}
+
+impl Connections {
+    async fn open(options: &SqliteConnectOptions, count: usize, path: &str) -> Result<Self> {
+        let mut conns = Vec::with_capacity(count);
+        for _ in 0..count {
+            let conn = SqliteConnection::connect_with(options).await.map_err(|e| {
+                StoreError::Unavailable(format!("cannot open SQLite database {path}: {e}"))
+            })?;
+            conns.push(Mutex::new(Some(conn)));
+        }
+        Ok(Self {
+            conns,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// A free connection if there is one, else the next in turn once it is free.
+    async fn get(&self) -> Result<MappedMutexGuard<'_, SqliteConnection>> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.conns.len();
+        let guard = match (0..n).find_map(|i| self.conns[(start + i) % n].try_lock().ok()) {
+            Some(guard) => guard,
+            None => tokio::time::timeout(ACQUIRE_TIMEOUT, self.conns[start % n].lock())
+                .await
+                .map_err(|_| {
+                    StoreError::Unavailable(format!(
+                        "no SQLite connection free after {} s",
+                        ACQUIRE_TIMEOUT.as_secs()
+                    ))
+                })?,
+        };
+        MutexGuard::try_map(guard, Option::as_mut)
+            .map_err(|_| StoreError::Unavailable("the SQLite store is closed".into()))
+    }
+
+    async fn close(&self) {
+        for conn in &self.conns {
+            if let Some(conn) = conn.lock().await.take() {
+                if let Err(e) = conn.close().await {
+                    tracing::warn!(error = %e, "closing a SQLite connection failed");
+                }
+            }
+        }
+    }
 }
 
 impl SqliteStore {
@@ -84,29 +172,17 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
-        let unavailable = |e: sqlx::Error| {
-            StoreError::Unavailable(format!("cannot open SQLite database {path}: {e}"))
-        };
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .acquire_timeout(WRITE_ACQUIRE_TIMEOUT)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options.clone().create_if_missing(true))
-            .await
-            .map_err(unavailable)?;
-        MIGRATOR.run(&write).await?;
-        let read = SqlitePoolOptions::new()
-            .max_connections(READ_CONNECTIONS)
-            .acquire_timeout(WRITE_ACQUIRE_TIMEOUT)
-            .connect_with(options.read_only(true))
-            .await
-            .map_err(unavailable)?;
-        Ok(Self { write, read })
+        let write = Connections::open(&options.clone().create_if_missing(true), 1, path).await?;
+        MIGRATOR.run(&mut *write.get().await?).await?;
+        let read = Connections::open(&options.read_only(true), READ_CONNECTIONS, path).await?;
+        Ok(Self {
+            write: Arc::new(write),
+            read: Arc::new(read),
+        })
     }
 
-    /// Close both pools (waits for connections in use to be returned).
+    /// Close every connection (waits for those in use to be returned); later calls answer
+    /// [`StoreError::Unavailable`].
     pub async fn close(&self) {
         self.read.close().await;
         self.write.close().await;
@@ -391,7 +467,9 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.read).await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *self.read.get().await?)
+            .await?;
         Ok(())
     }
 
@@ -399,7 +477,8 @@ impl Store for SqliteStore {
 
     async fn create_experiment(&self, e: &Experiment) -> Result<ExperimentEvent> {
         let event = common::created_event(e);
-        let mut tx = self.write.begin().await?;
+        let mut conn = self.write.get().await?;
+        let mut tx = conn.begin().await?;
         sqlx::query(
             "INSERT INTO experiments (id, name, description, phase, promoted, phase_reason,
                  baseline_pipeline, candidate_pipeline, target_hosts, mode,
@@ -434,14 +513,14 @@ impl Store for SqliteStore {
     }
 
     async fn get_experiment(&self, id: ExperimentId) -> Result<Experiment> {
-        let mut conn = self.read.acquire().await?;
+        let mut conn = self.read.get().await?;
         load_experiment(&mut conn, id).await
     }
 
     async fn list_experiments(&self, query: &ExperimentQuery) -> Result<Page<Experiment>> {
         let limit = page_limit(query.limit);
         let phase = query.phase.map(|p| p.as_str());
-        let mut conn = self.read.acquire().await?;
+        let mut conn = self.read.get().await?;
         let total: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM experiments WHERE ?1 IS NULL OR phase = ?1")
                 .bind(phase)
@@ -473,7 +552,8 @@ impl Store for SqliteStore {
         patch: ExperimentPatch,
         now: DateTime<Utc>,
     ) -> Result<(Experiment, Option<ExperimentEvent>)> {
-        let mut tx = self.write.begin().await?;
+        let mut conn = self.write.get().await?;
+        let mut tx = conn.begin().await?;
         let mut experiment = load_experiment(&mut tx, id).await?;
         let changed = experiment.apply_patch(patch, now)?;
         if changed.is_empty() {
@@ -487,7 +567,8 @@ impl Store for SqliteStore {
     }
 
     async fn delete_experiment(&self, id: ExperimentId) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut conn = self.write.get().await?;
+        let mut tx = conn.begin().await?;
         let experiment = load_experiment(&mut tx, id).await?;
         if experiment.phase.is_active() {
             return Err(StoreError::ExperimentActive {
@@ -510,7 +591,8 @@ impl Store for SqliteStore {
         enqueue: &[NewTask],
         now: DateTime<Utc>,
     ) -> Result<TransitionOutcome> {
-        let mut tx = self.write.begin().await?;
+        let mut conn = self.write.get().await?;
+        let mut tx = conn.begin().await?;
         let mut experiment = load_experiment(&mut tx, id).await?;
         let transition = apply_command(experiment.phase, experiment.promoted, command)?;
         experiment.record(&transition, now);
@@ -542,7 +624,7 @@ impl Store for SqliteStore {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<ExperimentEvent>> {
-        let mut conn = self.read.acquire().await?;
+        let mut conn = self.read.get().await?;
         let rows = sqlx::query(
             "SELECT * FROM experiment_events WHERE experiment_id = ?1 AND seq > ?2
              ORDER BY seq LIMIT ?3",
@@ -561,7 +643,7 @@ impl Store for SqliteStore {
 
     async fn experiment_phases(&self) -> Result<Vec<(ExperimentId, ExperimentPhase)>> {
         let rows = sqlx::query("SELECT id, phase FROM experiments ORDER BY id")
-            .fetch_all(&self.read)
+            .fetch_all(&mut *self.read.get().await?)
             .await?;
         rows.iter()
             .map(|row| {
@@ -576,14 +658,14 @@ impl Store for SqliteStore {
     // ---- task queue ----
 
     async fn enqueue_task(&self, task: &NewTask, now: DateTime<Utc>) -> Result<Enqueued> {
-        let mut conn = self.write.acquire().await?;
+        let mut conn = self.write.get().await?;
         insert_task(&mut conn, task, now).await
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Task> {
         let row = sqlx::query("SELECT * FROM tasks WHERE id = ?1")
             .bind(id.to_string())
-            .fetch_optional(&self.read)
+            .fetch_optional(&mut *self.read.get().await?)
             .await?
             .ok_or_else(|| not_found("task", id))?;
         task_from_row(&row)
@@ -596,7 +678,7 @@ impl Store for SqliteStore {
         let experiment = query.experiment_id.map(|e| e.to_string());
         const FILTER: &str = "(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR host_id = ?2)
              AND (?3 IS NULL OR experiment_id = ?3)";
-        let mut conn = self.read.acquire().await?;
+        let mut conn = self.read.get().await?;
         let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM tasks WHERE {FILTER}"))
             .bind(status)
             .bind(host)
@@ -632,24 +714,32 @@ impl Store for SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        // Most claims are a long-poll re-arming with nothing queued for it: find that out on a
+        // read connection (WAL readers run beside the writer) instead of queueing behind every
+        // write. A task committed after this look wakes the caller, who armed its wake-up
+        // before calling, so nothing is missed.
+        let claimable: bool = sqlx::query_scalar(&format!("SELECT EXISTS({CLAIMABLE_IDS})"))
+            .bind(host.as_str())
+            .bind(micros(now))
+            .bind(1_i64)
+            .fetch_one(&mut *self.read.get().await?)
+            .await?;
+        if !claimable {
+            return Ok(Vec::new());
+        }
         // One statement on the single write connection: atomic with respect to every other
         // claim, so no task is handed out twice.
-        let rows = sqlx::query(
+        let rows = sqlx::query(&format!(
             "UPDATE tasks SET status = 'assigned', assigned_to = ?1, assigned_at = ?2,
                  lease_expires_at = ?3, attempts = attempts + 1, updated_at = ?2
-             WHERE id IN (
-                 SELECT id FROM tasks
-                 WHERE status = 'pending' AND (host_id = ?1 OR host_id IS NULL)
-                   AND (not_before IS NULL OR not_before <= ?2)
-                 ORDER BY priority DESC, created_at, id
-                 LIMIT ?4)
-             RETURNING *",
-        )
+             WHERE id IN ({CLAIMABLE_IDS_LEASED})
+             RETURNING *"
+        ))
         .bind(host.as_str())
         .bind(micros(now))
         .bind(micros(common::lease_until(now, lease)))
         .bind(i64::from(limit))
-        .fetch_all(&self.write)
+        .fetch_all(&mut *self.write.get().await?)
         .await?;
         let mut tasks = tasks_from_rows(&rows)?;
         common::sort_in_claim_order(&mut tasks);
@@ -664,7 +754,7 @@ impl Store for SqliteStore {
         lease: Duration,
         now: DateTime<Utc>,
     ) -> Result<Task> {
-        let mut conn = self.write.acquire().await?;
+        let mut conn = self.write.get().await?;
         update_status_on(&mut conn, id, host, update, lease, now).await
     }
 
@@ -676,7 +766,8 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<Result<Task>>> {
         // One transaction on the write connection: one commit for the whole batch.
-        let mut tx = self.write.begin().await?;
+        let mut conn = self.write.get().await?;
+        let mut tx = conn.begin().await?;
         let mut outcomes = Vec::with_capacity(reports.len());
         for (id, update) in reports {
             match update_status_on(&mut tx, *id, host, update, lease, now).await {
@@ -701,7 +792,7 @@ impl Store for SqliteStore {
         .bind(host.as_str())
         .bind(micros(common::lease_until(now, lease)))
         .bind(micros(now))
-        .execute(&self.write)
+        .execute(&mut *self.write.get().await?)
         .await?;
         Ok(done.rows_affected())
     }
@@ -723,7 +814,7 @@ impl Store for SqliteStore {
              RETURNING *",
         )
         .bind(micros(now))
-        .fetch_all(&self.write)
+        .fetch_all(&mut *self.write.get().await?)
         .await?;
         let mut tasks = tasks_from_rows(&rows)?;
         tasks.sort_by_key(|t| t.id);
@@ -742,7 +833,7 @@ impl Store for SqliteStore {
         )
         .bind(micros(after))
         .bind(micros(now))
-        .fetch_all(&self.read)
+        .fetch_all(&mut *self.read.get().await?)
         .await?;
         hosts
             .into_iter()
@@ -755,14 +846,14 @@ impl Store for SqliteStore {
             "DELETE FROM tasks WHERE status IN ('completed', 'failed') AND finished_at < ?1",
         )
         .bind(micros(before))
-        .execute(&self.write)
+        .execute(&mut *self.write.get().await?)
         .await?;
         Ok(done.rows_affected())
     }
 
     async fn task_counts(&self) -> Result<BTreeMap<TaskStatus, u64>> {
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status")
-            .fetch_all(&self.read)
+            .fetch_all(&mut *self.read.get().await?)
             .await?;
         let mut counts: BTreeMap<TaskStatus, u64> =
             TaskStatus::ALL.into_iter().map(|s| (s, 0)).collect();
@@ -790,7 +881,7 @@ impl Store for SqliteStore {
         .bind(host.as_str())
         .bind(secret_hash)
         .bind(micros(now))
-        .fetch_optional(&self.write)
+        .fetch_optional(&mut *self.write.get().await?)
         .await?
         .ok_or_else(|| StoreError::AgentRevoked(host.clone()))?;
         agent_from_row(&row)
@@ -799,7 +890,7 @@ impl Store for SqliteStore {
     async fn agent_credentials(&self, host: &HostId) -> Result<Option<AgentCredentials>> {
         let row = sqlx::query("SELECT secret_hash, revoked FROM agents WHERE host_id = ?1")
             .bind(host.as_str())
-            .fetch_optional(&self.read)
+            .fetch_optional(&mut *self.read.get().await?)
             .await?;
         row.map(|row| {
             Ok(AgentCredentials {
@@ -817,7 +908,8 @@ impl Store for SqliteStore {
         heartbeat: &Heartbeat,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut conn = self.write.get().await?;
+        let mut tx = conn.begin().await?;
         let updated = sqlx::query(
             "UPDATE agents SET hostname = ?2, version = ?3, capabilities = ?4, labels = ?5,
                  resource_usage = ?6, running_pipelines = ?7, last_seen_at = ?8
@@ -857,10 +949,96 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn record_heartbeats(
+        &self,
+        beats: &[(HostId, Heartbeat)],
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<u64>>> {
+        if beats.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Set-based statements over a JSON array (json_each): a batch costs a handful of
+        // statements whatever its size.
+        let rows = common::heartbeat_rows(beats)?.to_string();
+        let mut conn = self.write.get().await?;
+        let mut tx = conn.begin().await?;
+        let accepted: BTreeSet<String> = sqlx::query_scalar(
+            "UPDATE agents SET hostname = json_extract(b.value, '$.hostname'),
+                 version = json_extract(b.value, '$.version'),
+                 capabilities = json_extract(b.value, '$.capabilities'),
+                 labels = json_extract(b.value, '$.labels'),
+                 resource_usage = json_extract(b.value, '$.resource_usage'),
+                 running_pipelines = json_extract(b.value, '$.running_pipelines'),
+                 last_seen_at = ?2
+             FROM json_each(?1) AS b
+             WHERE agents.host_id = json_extract(b.value, '$.host_id') AND agents.revoked = 0
+             RETURNING agents.host_id",
+        )
+        .bind(&rows)
+        .bind(micros(now))
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let mut renewed: BTreeMap<String, u64> = BTreeMap::new();
+        if !accepted.is_empty() {
+            let history = common::heartbeat_history(beats, &accepted)?.to_string();
+            sqlx::query(
+                "INSERT INTO agent_heartbeats (host_id, at, heartbeat)
+                 SELECT json_extract(value, '$.host_id'), ?2, json_extract(value, '$.heartbeat')
+                 FROM json_each(?1)",
+            )
+            .bind(&history)
+            .bind(micros(now))
+            .execute(&mut *tx)
+            .await?;
+            let hosts = to_json_text("hosts", &accepted)?;
+            let held: Vec<String> = sqlx::query_scalar(
+                "UPDATE tasks SET lease_expires_at = ?2, updated_at = ?3
+                 WHERE status IN ('assigned', 'running')
+                   AND assigned_to IN (SELECT value FROM json_each(?1))
+                 RETURNING assigned_to",
+            )
+            .bind(&hosts)
+            .bind(micros(common::lease_until(now, lease)))
+            .bind(micros(now))
+            .fetch_all(&mut *tx)
+            .await?;
+            for host in held {
+                *renewed.entry(host).or_default() += 1;
+            }
+        }
+        let mut revoked: BTreeMap<String, bool> = BTreeMap::new();
+        if accepted.len() < beats.len() {
+            let refused: BTreeSet<&str> = beats
+                .iter()
+                .map(|(h, _)| h.as_str())
+                .filter(|h| !accepted.contains(*h))
+                .collect();
+            if !refused.is_empty() {
+                let rows = sqlx::query(
+                    "SELECT host_id, revoked FROM agents
+                     WHERE host_id IN (SELECT value FROM json_each(?1))",
+                )
+                .bind(to_json_text("hosts", &refused)?)
+                .fetch_all(&mut *tx)
+                .await?;
+                for row in rows {
+                    revoked.insert(text(&row, "host_id")?, row.try_get("revoked")?);
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(common::heartbeat_outcomes(
+            beats, &accepted, &renewed, &revoked,
+        ))
+    }
+
     async fn get_agent(&self, host: &HostId) -> Result<Agent> {
         let row = sqlx::query("SELECT * FROM agents WHERE host_id = ?1")
             .bind(host.as_str())
-            .fetch_optional(&self.read)
+            .fetch_optional(&mut *self.read.get().await?)
             .await?
             .ok_or_else(|| not_found("agent", host))?;
         agent_from_row(&row)
@@ -868,7 +1046,7 @@ impl Store for SqliteStore {
 
     async fn list_agents(&self) -> Result<Vec<Agent>> {
         let rows = sqlx::query("SELECT * FROM agents ORDER BY host_id")
-            .fetch_all(&self.read)
+            .fetch_all(&mut *self.read.get().await?)
             .await?;
         rows.iter().map(agent_from_row).collect()
     }
@@ -880,7 +1058,7 @@ impl Store for SqliteStore {
         )
         .bind(host.as_str())
         .bind(micros(now))
-        .execute(&self.write)
+        .execute(&mut *self.write.get().await?)
         .await?;
         if done.rows_affected() == 0 {
             return Err(not_found("agent", host));
@@ -894,7 +1072,7 @@ impl Store for SqliteStore {
         )
         .bind(host.as_str())
         .bind(micros(since))
-        .fetch_one(&self.read)
+        .fetch_one(&mut *self.read.get().await?)
         .await?;
         to_u64("count", n)
     }
@@ -911,7 +1089,8 @@ impl Store for SqliteStore {
         if batches.is_empty() {
             return Ok(outcome);
         }
-        let mut tx = self.write.begin().await?;
+        let mut conn = self.write.get().await?;
+        let mut tx = conn.begin().await?;
         for b in batches {
             let v = &b.values;
             let done = sqlx::query(
@@ -962,7 +1141,7 @@ impl Store for SqliteStore {
         )
         .bind(experiment_id.to_string())
         .bind(i64::from(page_limit(limit)))
-        .fetch_all(&self.read)
+        .fetch_all(&mut *self.read.get().await?)
         .await?;
         rows.iter().map(kpi_from_row).collect()
     }
@@ -980,7 +1159,7 @@ impl Store for SqliteStore {
              GROUP BY k.experiment_id
              ORDER BY k.experiment_id",
         )
-        .fetch_all(&self.read)
+        .fetch_all(&mut *self.read.get().await?)
         .await?;
         rows.iter()
             .map(|row| {
@@ -1001,7 +1180,8 @@ impl Store for SqliteStore {
         if logs.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.write.begin().await?;
+        let mut conn = self.write.get().await?;
+        let mut tx = conn.begin().await?;
         for log in logs {
             sqlx::query(
                 "INSERT INTO agent_logs (host_id, at, level, message, fields, received_at)
@@ -1026,7 +1206,7 @@ impl Store for SqliteStore {
             sqlx::query("SELECT * FROM agent_logs WHERE host_id = ?1 ORDER BY id DESC LIMIT ?2")
                 .bind(host.as_str())
                 .bind(i64::from(page_limit(limit)))
-                .fetch_all(&self.read)
+                .fetch_all(&mut *self.read.get().await?)
                 .await?;
         rows.iter().map(log_from_row).collect()
     }
@@ -1036,7 +1216,7 @@ impl Store for SqliteStore {
     async fn get_setting(&self, key: &str) -> Result<Option<serde_json::Value>> {
         let value: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE key = ?1")
             .bind(key)
-            .fetch_optional(&self.read)
+            .fetch_optional(&mut *self.read.get().await?)
             .await?;
         value
             .map(|v| from_json_text("settings.value", &v))
@@ -1056,14 +1236,15 @@ impl Store for SqliteStore {
         .bind(key)
         .bind(to_json_text("value", value)?)
         .bind(micros(now))
-        .execute(&self.write)
+        .execute(&mut *self.write.get().await?)
         .await?;
         Ok(())
     }
 
     async fn sweep_telemetry(&self, before: DateTime<Utc>) -> Result<u64> {
         let before = micros(before);
-        let mut tx = self.write.begin().await?;
+        let mut conn = self.write.get().await?;
+        let mut tx = conn.begin().await?;
         let mut deleted = 0;
         for statement in [
             "DELETE FROM kpi_batches WHERE received_at < ?1",
