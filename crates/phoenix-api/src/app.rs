@@ -16,7 +16,7 @@ use tower_http::trace::TraceLayer;
 use tracing::Span;
 
 use phoenix_core::Clock;
-use phoenix_store::SharedStore;
+use phoenix_store::{SharedStore, Wakeup};
 
 use crate::config::Config;
 use crate::error::ApiError;
@@ -256,7 +256,15 @@ pub fn spawn_background(
             tokio::select! {
                 _ = stop.cancelled() => break,
                 next = stream.next() => match next {
-                    Some(w) => svc.waiters.wake(&w),
+                    Some(Wakeup::AgentChanged(host)) => {
+                        svc.forget_agent_credentials(Some(&host));
+                    }
+                    Some(w) => {
+                        if w == Wakeup::Resync {
+                            svc.forget_agent_credentials(None);
+                        }
+                        svc.waiters.wake(&w);
+                    }
                     None => {
                         tracing::error!("wake-up stream ended");
                         break;

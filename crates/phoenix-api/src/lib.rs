@@ -3,6 +3,7 @@
 //! while waiting), the fleet view, Prometheus metrics and its own OpenAPI description.
 
 pub mod app;
+pub mod batch;
 pub mod config;
 pub mod error;
 pub mod extract;

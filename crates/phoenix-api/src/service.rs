@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde::Serialize;
@@ -23,7 +23,9 @@ use phoenix_store::{
     TaskQuery, TaskStatusUpdate, TransitionOutcome,
 };
 
+use crate::batch::Batcher;
 use crate::waiters::Waiters;
+use dashmap::DashMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -54,6 +56,64 @@ pub struct Service {
     pub waiters: Arc<Waiters>,
     pub timings: Timings,
     enrollment_token: String,
+    /// Agent credentials by host. Every agent call authenticates; with 10,000 agents that was
+    /// a database read per request. Entries are replaced on enrollment here, dropped when the
+    /// store reports a change from another replica ([`Service::forget_agent_credentials`]),
+    /// and re-read after [`CREDENTIALS_TTL`] in case such a report was lost.
+    credentials: DashMap<HostId, CachedCredentials>,
+    /// Concurrent heartbeats, status reports and enqueues, each written together
+    /// ([`Store::record_heartbeats`], [`Store::report_task_statuses`],
+    /// [`Store::enqueue_tasks`]): with thousands of agents that is a few transactions a
+    /// second instead of one per request.
+    heartbeats: Batcher<(HostId, Heartbeat), Result<u64, StoreError>>,
+    reports: Batcher<(TaskId, HostId, TaskStatusUpdate), Result<Task, StoreError>>,
+    enqueues: Batcher<NewTask, Result<Enqueued, StoreError>>,
+}
+
+/// How long cached agent credentials are trusted without a change notification.
+pub const CREDENTIALS_TTL: Duration = Duration::from_secs(300);
+/// Most requests written in one batch.
+const BATCH_MAX: usize = 512;
+
+/// A [`Batcher`] over one of the store's batch methods; a batch the database refused as a
+/// whole answers every request in it with that error.
+fn store_batcher<Req, T, W, Fut>(
+    store: &SharedStore,
+    clock: &Arc<dyn Clock>,
+    what: &'static str,
+    write: W,
+) -> Batcher<Req, Result<T, StoreError>>
+where
+    Req: Send + 'static,
+    T: Send + 'static,
+    W: Fn(SharedStore, Vec<Req>, chrono::DateTime<Utc>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Vec<Result<T, StoreError>>, StoreError>> + Send,
+{
+    let store = store.clone();
+    let clock = clock.clone();
+    Batcher::spawn(BATCH_MAX, move |requests: Vec<Req>| {
+        let n = requests.len();
+        let written = write(store.clone(), requests, clock.now());
+        async move {
+            match written.await {
+                Ok(outcomes) => outcomes,
+                Err(e) => {
+                    tracing::warn!(error = %e, requests = n, "cannot write a batch of {what}");
+                    let message = e.to_string();
+                    (0..n)
+                        .map(|_| Err(StoreError::Unavailable(message.clone())))
+                        .collect()
+                }
+            }
+        }
+    })
+}
+
+#[derive(Debug, Clone)]
+struct CachedCredentials {
+    secret_hash: String,
+    revoked: bool,
+    fetched: Instant,
 }
 
 /// Priorities of the tasks experiments enqueue: a rollback overtakes everything.
@@ -82,8 +142,29 @@ pub fn split_assignment(
     }
 }
 
+fn lease_of(timings: &Timings) -> chrono::Duration {
+    chrono::Duration::from_std(timings.task_lease).unwrap_or(chrono::Duration::seconds(60))
+}
+
 pub fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// The outcome a batcher answered, or why there is none.
+fn batched<T>(outcome: Option<Result<T, StoreError>>, what: &str) -> Result<T, StoreError> {
+    outcome.unwrap_or_else(|| {
+        Err(StoreError::Unavailable(format!(
+            "the {what} writer stopped"
+        )))
+    })
+}
+
+fn secret_matches(presented_hash: &str, stored_hash: &str) -> bool {
+    bool::from(presented_hash.as_bytes().ct_eq(stored_hash.as_bytes()))
+}
+
+fn revoked(host: &HostId) -> ServiceError {
+    ServiceError::Unauthorized(format!("agent {host} is revoked"))
 }
 
 /// What enrollment hands an agent.
@@ -131,17 +212,39 @@ impl Service {
         timings: Timings,
         enrollment_token: String,
     ) -> Self {
+        let lease = lease_of(&timings);
+        let heartbeats = store_batcher(
+            &store,
+            &clock,
+            "heartbeats",
+            move |store, beats, now| async move { store.record_heartbeats(&beats, lease, now).await },
+        );
+        let reports = store_batcher(
+            &store,
+            &clock,
+            "status reports",
+            move |store, reports, now| async move {
+                store.report_task_statuses(&reports, lease, now).await
+            },
+        );
+        let enqueues = store_batcher(&store, &clock, "enqueues", |store, tasks, now| async move {
+            store.enqueue_tasks(&tasks, now).await
+        });
         Self {
             store,
             clock,
             waiters,
             timings,
             enrollment_token,
+            credentials: DashMap::new(),
+            heartbeats,
+            reports,
+            enqueues,
         }
     }
 
     fn lease(&self) -> chrono::Duration {
-        chrono::Duration::from_std(self.timings.task_lease).unwrap_or(chrono::Duration::seconds(60))
+        lease_of(&self.timings)
     }
 
     // ---- experiments ----
@@ -331,7 +434,7 @@ impl Service {
 
     pub async fn enqueue_task(&self, task: NewTask) -> ServiceResult<Enqueued> {
         task.validate()?;
-        let enqueued = self.store.enqueue_task(&task, self.clock.now()).await?;
+        let enqueued = batched(self.enqueues.call(task).await, "enqueue")?;
         if enqueued.created {
             self.waiters.wake_for(enqueued.task.host_id.as_ref());
         }
@@ -398,10 +501,10 @@ impl Service {
             e.push("error", "must be at most 8192 bytes");
         }
         e.into_result()?;
-        Ok(self
-            .store
-            .update_task_status(id, host, &update, self.lease(), self.clock.now())
-            .await?)
+        Ok(batched(
+            self.reports.call((id, host.clone(), update)).await,
+            "status report",
+        )?)
     }
 
     /// Return lapsed leases to the queue and wake whoever can take them; wake hosts whose
@@ -438,9 +541,18 @@ impl Service {
             rand::thread_rng().fill_bytes(&mut bytes);
             hex::encode(bytes)
         };
+        let secret_hash = hash_secret(&secret);
         self.store
-            .enroll_agent(&host, &hash_secret(&secret), self.clock.now())
+            .enroll_agent(&host, &secret_hash, self.clock.now())
             .await?;
+        self.credentials.insert(
+            host.clone(),
+            CachedCredentials {
+                secret_hash,
+                revoked: false,
+                fetched: Instant::now(),
+            },
+        );
         tracing::info!(host_id = %host, "agent enrolled");
         Ok(Enrollment {
             host_id: host,
@@ -450,23 +562,64 @@ impl Service {
 
     /// Check an agent's credentials. Unknown, revoked and wrong-secret all answer 401.
     pub async fn authenticate_agent(&self, host: &HostId, secret: &str) -> ServiceResult<()> {
-        let creds = self.store.agent_credentials(host).await?;
-        let Some(creds) = creds else {
+        let presented = hash_secret(secret);
+        let cached = self
+            .credentials
+            .get(host)
+            .filter(|c| c.fetched.elapsed() < CREDENTIALS_TTL)
+            .map(|c| c.clone());
+        if let Some(creds) = cached {
+            if creds.revoked {
+                return Err(revoked(host));
+            }
+            if secret_matches(&presented, &creds.secret_hash) {
+                return Ok(());
+            }
+            // A mismatch may mean the agent enrolled again through another replica: ask the
+            // database before refusing.
+        }
+        let Some(creds) = self.store.agent_credentials(host).await? else {
+            self.credentials.remove(host);
             return Err(ServiceError::Unauthorized(format!(
                 "agent {host} is not enrolled"
             )));
         };
-        let presented = hash_secret(secret);
-        if !bool::from(presented.as_bytes().ct_eq(creds.secret_hash.as_bytes())) {
+        self.credentials.insert(
+            host.clone(),
+            CachedCredentials {
+                secret_hash: creds.secret_hash.clone(),
+                revoked: creds.revoked,
+                fetched: Instant::now(),
+            },
+        );
+        if !secret_matches(&presented, &creds.secret_hash) {
             return Err(ServiceError::Unauthorized(format!(
                 "wrong secret for agent {host}"
             )));
         }
         if creds.revoked {
-            return Err(ServiceError::Unauthorized(format!(
-                "agent {host} is revoked"
-            )));
+            return Err(revoked(host));
         }
+        Ok(())
+    }
+
+    /// Drop cached credentials of one agent (it enrolled again or was revoked, possibly on
+    /// another replica), or of every agent (`None`: notifications may have been missed).
+    pub fn forget_agent_credentials(&self, host: Option<&HostId>) {
+        match host {
+            Some(host) => {
+                self.credentials.remove(host);
+            }
+            None => self.credentials.clear(),
+        }
+    }
+
+    /// Revoke an agent: its next call gets 401, on every replica, and the tasks it holds go
+    /// back to the queue when their lease lapses.
+    pub async fn revoke_agent(&self, host: &HostId) -> ServiceResult<()> {
+        self.store.revoke_agent(host, self.clock.now()).await?;
+        self.forget_agent_credentials(Some(host));
+        tracing::info!(host_id = %host, "agent revoked");
         Ok(())
     }
 
@@ -474,9 +627,10 @@ impl Service {
     /// experiment task stays with a live agent and returns to the queue when it goes quiet.
     pub async fn heartbeat(&self, host: &HostId, hb: Heartbeat) -> ServiceResult<u64> {
         hb.validate()?;
-        let now = self.clock.now();
-        self.store.record_heartbeat(host, &hb, now).await?;
-        Ok(self.store.renew_leases(host, self.lease(), now).await?)
+        Ok(batched(
+            self.heartbeats.call((host.clone(), hb)).await,
+            "heartbeat",
+        )?)
     }
 
     pub async fn ingest_kpis(

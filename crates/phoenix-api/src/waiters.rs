@@ -53,6 +53,8 @@ impl Waiters {
                 }
                 self.any_host.notify_waiters();
             }
+            // Not about the queue.
+            Wakeup::AgentChanged(_) => {}
         }
     }
 

@@ -300,15 +300,16 @@ async fn unknown_unenrolled_or_wrong_secret_agents_get_401_and_no_task() {
         )
         .await;
     error_body(res, 401).await;
-    // Revoked.
+    // Revoked, after a successful call (its credentials are cached by then).
     let secret = s.enroll("node-c").await;
+    let hb = s
+        .agent("node-c", &secret)
+        .post("/api/v1/agent/heartbeat", json!({}))
+        .await;
+    assert_eq!(hb.status(), 200);
     s.state
         .service
-        .store
-        .revoke_agent(
-            &phoenix_core::HostId::parse("node-c").unwrap(),
-            chrono::Utc::now(),
-        )
+        .revoke_agent(&phoenix_core::HostId::parse("node-c").unwrap())
         .await
         .unwrap();
     let body = error_body(s.agent("node-c", &secret).poll("0").await, 401).await;
@@ -477,4 +478,51 @@ async fn ready_reports_the_store() {
     let s = start_sqlite().await;
     let body: Value = s.get("/ready").await.json().await.unwrap();
     assert_eq!(body["store"], "sqlite");
+}
+
+/// Replicas cache agent credentials; a revocation or a re-enrollment on one replica reaches
+/// the others through PostgreSQL notifications.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_changed_on_one_replica_are_honoured_by_another() {
+    let (url, name) = create_pg_database().await;
+    let a = start_pg_at(&url, None).await;
+    let b = start_pg_at(&url, None).await;
+    let host = phoenix_core::HostId::parse("node-r").unwrap();
+
+    // Enrolled through A, used through B: B caches the credentials.
+    let first = a.enroll("node-r").await;
+    assert_eq!(b.agent("node-r", &first).poll("0").await.status(), 200);
+    // Enrolled again through A: B accepts the new secret and refuses the old one.
+    let second = a.enroll("node-r").await;
+    assert_eq!(b.agent("node-r", &second).poll("0").await.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while b.agent("node-r", &first).poll("0").await.status() != 401 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "old secret still accepted by B"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Revoked through A: B refuses the agent.
+    a.state.service.revoke_agent(&host).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = b.agent("node-r", &second).poll("0").await;
+        if res.status() == 401 {
+            let body = error_body(res, 401).await;
+            assert!(body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("revoked"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "revoked agent still accepted by B"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(a);
+    drop(b);
+    drop_pg_database(&name).await;
 }

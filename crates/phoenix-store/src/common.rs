@@ -372,6 +372,36 @@ pub(crate) fn heartbeat_outcomes(
         .collect()
 }
 
+/// The reports of a batch that can take the set-based fast path, as JSON rows
+/// (`id`, `host`, `status`, `error`, `result` as JSON text): agent-reportable statuses, and
+/// only the first report of each task (later ones go the one-by-one way, in order).
+pub(crate) fn status_report_rows(
+    reports: &[(TaskId, HostId, TaskStatusUpdate)],
+) -> Result<(serde_json::Value, Vec<bool>)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut fast = Vec::with_capacity(reports.len());
+    let mut rows = Vec::with_capacity(reports.len());
+    for (id, host, update) in reports {
+        let take = is_agent_reportable(update.status) && seen.insert(*id);
+        fast.push(take);
+        if take {
+            let result = update
+                .result
+                .as_ref()
+                .map(|r| to_json_text("result", r))
+                .transpose()?;
+            rows.push(serde_json::json!({
+                "id": id.to_string(),
+                "host": host.as_str(),
+                "status": update.status.as_str(),
+                "error": update.error,
+                "result": result,
+            }));
+        }
+    }
+    Ok((serde_json::Value::Array(rows), fast))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,6 +74,8 @@ macro_rules! conformance_suite {
             report_by_another_host_is_refused,
             repeated_terminal_report_is_idempotent,
             batch_reports_are_judged_one_by_one_in_order,
+            reports_from_many_hosts_are_judged_like_single_reports,
+            batched_enqueues_answer_each_task_and_honour_idempotency_keys,
             idempotency_key_returns_existing_task,
             concurrent_enqueues_with_one_idempotency_key_create_one_task,
             enqueue_for_unknown_experiment_is_not_found,
@@ -1767,4 +1769,177 @@ pub async fn claim_skips_other_hosts_backlog_and_merges_host_less_tasks_in_order
         .iter()
         .chain(&second)
         .all(|t| t.assigned_to.as_ref() == Some(&me)));
+}
+
+/// The API gathers concurrent status reports of many agents into one `report_task_statuses`
+/// call: every report gets the outcome `update_task_status` would have given it.
+pub async fn reports_from_many_hosts_are_judged_like_single_reports(store: SharedStore) {
+    let (a, b) = (host("node-a"), host("node-b"));
+    for h in [&a, &a, &a, &b] {
+        store
+            .enqueue_task(&task(TaskType::Health).for_host(h.clone()), t0())
+            .await
+            .unwrap();
+    }
+    let mine = store.claim_tasks(&a, 10, lease(), t0()).await.unwrap();
+    let theirs = store
+        .claim_tasks(&b, 10, lease(), t0())
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(mine.len(), 3);
+
+    let now = t0() + Duration::seconds(9);
+    let completed = TaskStatusUpdate {
+        status: TaskStatus::Completed,
+        error: None,
+        result: Some(json!({"rows": [1, 2], "note": "ok"})),
+    };
+    let failed = TaskStatusUpdate {
+        status: TaskStatus::Failed,
+        error: Some("boom".into()),
+        result: Some(json!("plain string result")),
+    };
+    let reports = vec![
+        (mine[0].id, a.clone(), update(TaskStatus::Running)),
+        (theirs.id, b.clone(), completed.clone()),
+        (mine[1].id, a.clone(), failed.clone()),
+        // Running then completed in one batch: judged in order.
+        (mine[0].id, a.clone(), completed.clone()),
+        // Held by a, reported by b.
+        (mine[2].id, b.clone(), completed.clone()),
+        (phoenix_core::TaskId::new(), a.clone(), completed.clone()),
+        // A replay of a terminal report.
+        (theirs.id, b.clone(), completed.clone()),
+        // Not a status an agent reports.
+        (mine[2].id, a.clone(), update(TaskStatus::Pending)),
+    ];
+    let outcomes = store
+        .report_task_statuses(&reports, lease(), now)
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), reports.len());
+
+    let running = outcomes[0].as_ref().unwrap();
+    assert_eq!(running.status, TaskStatus::Running);
+    assert_eq!(running.started_at, Some(now));
+    assert_eq!(running.lease_expires_at, Some(now + lease()));
+    let done = outcomes[1].as_ref().unwrap();
+    assert_eq!(done.status, TaskStatus::Completed);
+    assert_eq!(done.result, completed.result);
+    assert_eq!(done.finished_at, Some(now));
+    assert_eq!(done.lease_expires_at, None);
+    let fail = outcomes[2].as_ref().unwrap();
+    assert_eq!(
+        (fail.status, fail.error.as_deref()),
+        (TaskStatus::Failed, Some("boom"))
+    );
+    assert_eq!(fail.result, failed.result);
+    let then_done = outcomes[3].as_ref().unwrap();
+    assert_eq!(then_done.status, TaskStatus::Completed);
+    assert_eq!(then_done.started_at, Some(now));
+    assert!(
+        matches!(outcomes[4], Err(StoreError::TaskNotHeld { .. })),
+        "{:?}",
+        outcomes[4]
+    );
+    assert!(
+        matches!(outcomes[5], Err(StoreError::NotFound { .. })),
+        "{:?}",
+        outcomes[5]
+    );
+    assert_eq!(
+        outcomes[6].as_ref().unwrap(),
+        done,
+        "a repeated report is a replay"
+    );
+    assert!(outcomes[7].is_err(), "{:?}", outcomes[7]);
+
+    assert_eq!(store.get_task(mine[0].id).await.unwrap(), *then_done);
+    assert_eq!(store.get_task(theirs.id).await.unwrap(), *done);
+    assert_eq!(store.get_task(mine[1].id).await.unwrap(), *fail);
+    assert_eq!(
+        store.get_task(mine[2].id).await.unwrap().status,
+        TaskStatus::Assigned
+    );
+    assert!(store
+        .report_task_statuses(&[], lease(), now)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// The API gathers concurrent enqueues into one `enqueue_tasks` call: each task gets the
+/// outcome `enqueue_task` would have given it, idempotency keys included.
+pub async fn batched_enqueues_answer_each_task_and_honour_idempotency_keys(store: SharedStore) {
+    let e = created(&store, "batch", t0()).await;
+    let keyed = |key: &str| {
+        let mut t = task(TaskType::Deployment);
+        t.idempotency_key = Some(key.to_string());
+        t
+    };
+    let existing = store
+        .enqueue_task(&keyed("k-old"), t0())
+        .await
+        .unwrap()
+        .task;
+    let mut for_experiment = task(TaskType::Experiment).for_host(host("node-a"));
+    for_experiment.experiment_id = Some(e.id);
+    for_experiment.priority = 7;
+    for_experiment.not_before = Some(t0() + Duration::seconds(30));
+    let batch = vec![
+        task(TaskType::Health),
+        keyed("k-new"),
+        keyed("k-old"),
+        keyed("k-new"),
+        for_experiment.clone(),
+    ];
+    let now = t0() + Duration::seconds(1);
+    let outcomes = store.enqueue_tasks(&batch, now).await.unwrap();
+    assert_eq!(outcomes.len(), batch.len());
+    let created_flags: Vec<bool> = outcomes
+        .iter()
+        .map(|o| o.as_ref().unwrap().created)
+        .collect();
+    assert_eq!(created_flags, [true, true, false, false, true]);
+    let first_new = &outcomes[1].as_ref().unwrap().task;
+    assert_eq!(outcomes[2].as_ref().unwrap().task, existing);
+    assert_eq!(&outcomes[3].as_ref().unwrap().task, first_new);
+    let exp_task = &outcomes[4].as_ref().unwrap().task;
+    assert_eq!(exp_task.experiment_id, Some(e.id));
+    assert_eq!(exp_task.host_id, Some(host("node-a")));
+    assert_eq!(exp_task.priority, 7);
+    assert_eq!(exp_task.not_before, for_experiment.not_before);
+    assert_eq!(exp_task.payload, for_experiment.payload);
+    assert_eq!(exp_task.status, TaskStatus::Pending);
+    assert_eq!(exp_task.created_at, now);
+    assert_eq!(store.get_task(exp_task.id).await.unwrap(), *exp_task);
+    assert_eq!(
+        store.list_tasks(&TaskQuery::default()).await.unwrap().total,
+        4,
+        "the old keyed task and three new ones"
+    );
+
+    // An unknown experiment refuses only its own task.
+    let mut orphan = task(TaskType::Experiment);
+    orphan.experiment_id = Some(ExperimentId::new());
+    let outcomes = store
+        .enqueue_tasks(
+            &[task(TaskType::Health), orphan, task(TaskType::Metrics)],
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(outcomes[0].as_ref().unwrap().created);
+    assert!(
+        matches!(outcomes[1], Err(StoreError::NotFound { .. })),
+        "{:?}",
+        outcomes[1]
+    );
+    assert!(outcomes[2].as_ref().unwrap().created);
+    assert_eq!(
+        store.list_tasks(&TaskQuery::default()).await.unwrap().total,
+        6
+    );
+    assert!(store.enqueue_tasks(&[], now).await.unwrap().is_empty());
 }

@@ -224,6 +224,25 @@ pub trait Store: Send + Sync + Debug + 'static {
     // ---- task queue ----
 
     async fn enqueue_task(&self, task: &NewTask, now: DateTime<Utc>) -> Result<Enqueued>;
+    /// Enqueue many tasks at once (the API gathers concurrent enqueues): each follows the
+    /// rules of [`Store::enqueue_task`] (a repeated idempotency key, also within the batch,
+    /// answers the existing task) and gets its own outcome, in the order given. The outer
+    /// error means the database failed; some tasks may have been enqueued (an idempotency key
+    /// makes a retry safe).
+    async fn enqueue_tasks(
+        &self,
+        tasks: &[NewTask],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<Enqueued>>> {
+        let mut outcomes = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            match self.enqueue_task(task, now).await {
+                Err(e) if e.is_database_failure() => return Err(e),
+                outcome => outcomes.push(outcome),
+            }
+        }
+        Ok(outcomes)
+    }
     async fn get_task(&self, id: TaskId) -> Result<Task>;
     async fn list_tasks(&self, query: &TaskQuery) -> Result<Page<Task>>;
     /// Atomically claim up to `limit` claimable tasks for `host` (targeted at it or at any
@@ -262,6 +281,27 @@ pub trait Store: Send + Sync + Debug + 'static {
     ) -> Result<Vec<Result<Task>>> {
         let mut outcomes = Vec::with_capacity(reports.len());
         for (id, update) in reports {
+            match self.update_task_status(*id, host, update, lease, now).await {
+                Err(e) if e.is_database_failure() => return Err(e),
+                outcome => outcomes.push(outcome),
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Status reports from many hosts at once (the API gathers concurrent reports): each
+    /// follows the rules of [`Store::update_task_status`] and gets its own outcome, in the
+    /// order given. Backends apply them with set-based statements. The outer error means the
+    /// database failed; reports may have been applied, and sending them again is safe (a
+    /// repeated terminal report is idempotent, a repeated `running` renews the lease).
+    async fn report_task_statuses(
+        &self,
+        reports: &[(TaskId, HostId, TaskStatusUpdate)],
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<Task>>> {
+        let mut outcomes = Vec::with_capacity(reports.len());
+        for (id, host, update) in reports {
             match self.update_task_status(*id, host, update, lease, now).await {
                 Err(e) if e.is_database_failure() => return Err(e),
                 outcome => outcomes.push(outcome),

@@ -716,6 +716,84 @@ impl Store for PgStore {
         Ok(enqueued)
     }
 
+    async fn enqueue_tasks(
+        &self,
+        tasks: &[NewTask],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<Enqueued>>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let built: Vec<Task> = tasks.iter().map(|t| common::new_task(t, now)).collect();
+        let rows = built
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "id": t.id.as_uuid(),
+                    "task_type": t.task_type.as_str(),
+                    "payload": t.payload,
+                    "priority": t.priority,
+                    "host_id": t.host_id.as_ref().map(HostId::as_str),
+                    "experiment_id": t.experiment_id.map(|e| e.as_uuid()),
+                    "max_attempts": t.max_attempts,
+                    "not_before": t.not_before,
+                    "idempotency_key": t.idempotency_key,
+                })
+            })
+            .collect::<Vec<_>>();
+        // One statement (one commit) for the batch. An unknown experiment id fails the whole
+        // statement: then each task is enqueued on its own so only that one is refused.
+        let inserted = sqlx::query(
+            "INSERT INTO tasks (id, task_type, status, payload, priority, host_id, experiment_id,
+                 attempts, max_attempts, not_before, idempotency_key, created_at, updated_at)
+             SELECT r.id, r.task_type, 'pending', r.payload, r.priority, r.host_id,
+                 r.experiment_id, 0, r.max_attempts, r.not_before, r.idempotency_key, $2, $2
+             FROM jsonb_to_recordset($1::jsonb) AS r(id uuid, task_type text, payload jsonb,
+                 priority integer, host_id text, experiment_id uuid, max_attempts integer,
+                 not_before timestamptz, idempotency_key text)
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING *",
+        )
+        .bind(serde_json::Value::Array(rows))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await;
+        let mut outcomes = Vec::with_capacity(tasks.len());
+        match inserted {
+            Ok(rows) => {
+                let mut created: HashMap<TaskId, Task> = tasks_from_rows(&rows)?
+                    .into_iter()
+                    .map(|t| (t.id, t))
+                    .collect();
+                self.notifier
+                    .tasks_claimable(created.values().map(|t| t.host_id.as_ref()));
+                for (new, t) in tasks.iter().zip(&built) {
+                    match created.remove(&t.id) {
+                        Some(task) => outcomes.push(Ok(Enqueued {
+                            task,
+                            created: true,
+                        })),
+                        // Its idempotency key named a task already: answer with that one.
+                        None => match self.enqueue_task(new, now).await {
+                            Err(e) if e.is_database_failure() => return Err(e),
+                            outcome => outcomes.push(outcome),
+                        },
+                    }
+                }
+            }
+            Err(e) if common::is_foreign_key_violation(&e) => {
+                for new in tasks {
+                    match self.enqueue_task(new, now).await {
+                        Err(e) if e.is_database_failure() => return Err(e),
+                        outcome => outcomes.push(outcome),
+                    }
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(outcomes)
+    }
+
     async fn get_task(&self, id: TaskId) -> Result<Task> {
         let row = sqlx::query("SELECT * FROM tasks WHERE id = $1")
             .bind(id.as_uuid())
@@ -891,6 +969,60 @@ impl Store for PgStore {
             if let Some(task) = applied.remove(id) {
                 outcomes.push(Ok(task));
                 continue;
+            }
+            match self.update_task_status(*id, host, update, lease, now).await {
+                Err(e) if e.is_database_failure() => return Err(e),
+                outcome => outcomes.push(outcome),
+            }
+        }
+        Ok(outcomes)
+    }
+
+    async fn report_task_statuses(
+        &self,
+        reports: &[(TaskId, HostId, TaskStatusUpdate)],
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<Task>>> {
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (rows, fast) = common::status_report_rows(reports)?;
+        // Every report of a task its host holds, in one statement (one commit); the rest
+        // (refusals, replays, repeats within the batch) are judged one by one below. The
+        // holder check is a CASE for the reason given at HELD_BY_1.
+        let applied = sqlx::query(
+            "UPDATE tasks t SET status = b.status,
+                 started_at = CASE WHEN b.status = 'running'
+                     THEN COALESCE(t.started_at, $2) ELSE t.started_at END,
+                 lease_expires_at = CASE WHEN b.status = 'running' THEN $3 ELSE NULL END,
+                 finished_at = CASE WHEN b.status = 'running' THEN t.finished_at ELSE $2 END,
+                 error = CASE WHEN b.status = 'running' THEN t.error ELSE b.error END,
+                 result = CASE WHEN b.status = 'running' THEN t.result ELSE b.result::jsonb END,
+                 updated_at = $2
+             FROM jsonb_to_recordset($1::jsonb)
+                 AS b(id uuid, host text, status text, error text, result text)
+             WHERE t.id = b.id
+               AND CASE WHEN t.status IN ('assigned', 'running')
+                   THEN t.assigned_to = b.host ELSE false END
+             RETURNING t.*",
+        )
+        .bind(rows)
+        .bind(now)
+        .bind(common::lease_until(now, lease))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut applied: HashMap<TaskId, Task> = tasks_from_rows(&applied)?
+            .into_iter()
+            .map(|t| (t.id, t))
+            .collect();
+        let mut outcomes = Vec::with_capacity(reports.len());
+        for ((id, host, update), fast) in reports.iter().zip(fast) {
+            if fast {
+                if let Some(task) = applied.remove(id) {
+                    outcomes.push(Ok(task));
+                    continue;
+                }
             }
             match self.update_task_status(*id, host, update, lease, now).await {
                 Err(e) if e.is_database_failure() => return Err(e),

@@ -3,7 +3,7 @@
 //! SQLite's lock and failing with `SQLITE_BUSY`); reads use a separate pool of four.
 //! Timestamps are INTEGER unix microseconds, ids hyphenated UUID text, JSON is TEXT.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -662,6 +662,91 @@ impl Store for SqliteStore {
         insert_task(&mut conn, task, now).await
     }
 
+    async fn enqueue_tasks(
+        &self,
+        tasks: &[NewTask],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<Enqueued>>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let built: Vec<Task> = tasks.iter().map(|t| common::new_task(t, now)).collect();
+        let rows = built
+            .iter()
+            .map(|t| {
+                Ok(serde_json::json!({
+                    "id": t.id.to_string(),
+                    "task_type": t.task_type.as_str(),
+                    "payload": to_json_text("payload", &t.payload)?,
+                    "priority": t.priority,
+                    "host_id": t.host_id.as_ref().map(HostId::as_str),
+                    "experiment_id": t.experiment_id.map(|e| e.to_string()),
+                    "max_attempts": t.max_attempts,
+                    "not_before": opt_micros(t.not_before),
+                    "idempotency_key": t.idempotency_key,
+                }))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rows = serde_json::Value::Array(rows).to_string();
+        let mut conn = self.write.get().await?;
+        let mut tx = conn.begin().await?;
+        // One statement for the batch. `WHERE true` settles SQLite's parse of INSERT … SELECT
+        // … ON CONFLICT. An unknown experiment id fails the whole statement: then each task is
+        // enqueued on its own so only that one is refused.
+        let inserted = sqlx::query(
+            "INSERT INTO tasks (id, task_type, status, payload, priority, host_id, experiment_id,
+                 attempts, max_attempts, not_before, idempotency_key, created_at, updated_at)
+             SELECT json_extract(value, '$.id'), json_extract(value, '$.task_type'), 'pending',
+                 json_extract(value, '$.payload'), json_extract(value, '$.priority'),
+                 json_extract(value, '$.host_id'), json_extract(value, '$.experiment_id'), 0,
+                 json_extract(value, '$.max_attempts'), json_extract(value, '$.not_before'),
+                 json_extract(value, '$.idempotency_key'), ?2, ?2
+             FROM json_each(?1) WHERE true
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING *",
+        )
+        .bind(&rows)
+        .bind(micros(now))
+        .fetch_all(&mut *tx)
+        .await;
+        let outcomes = match inserted {
+            Ok(rows) => {
+                let mut created: HashMap<TaskId, Task> = tasks_from_rows(&rows)?
+                    .into_iter()
+                    .map(|t| (t.id, t))
+                    .collect();
+                let mut outcomes = Vec::with_capacity(tasks.len());
+                for (new, t) in tasks.iter().zip(&built) {
+                    match created.remove(&t.id) {
+                        Some(task) => outcomes.push(Ok(Enqueued {
+                            task,
+                            created: true,
+                        })),
+                        // Its idempotency key named a task already: answer with that one.
+                        None => match insert_task(&mut tx, new, now).await {
+                            Err(e) if e.is_database_failure() => return Err(e),
+                            outcome => outcomes.push(outcome),
+                        },
+                    }
+                }
+                outcomes
+            }
+            Err(e) if common::is_foreign_key_violation(&e) => {
+                let mut outcomes = Vec::with_capacity(tasks.len());
+                for new in tasks {
+                    match insert_task(&mut tx, new, now).await {
+                        Err(e) if e.is_database_failure() => return Err(e),
+                        outcome => outcomes.push(outcome),
+                    }
+                }
+                outcomes
+            }
+            Err(e) => return Err(e.into()),
+        };
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
     async fn get_task(&self, id: TaskId) -> Result<Task> {
         let row = sqlx::query("SELECT * FROM tasks WHERE id = ?1")
             .bind(id.to_string())
@@ -770,6 +855,64 @@ impl Store for SqliteStore {
         let mut tx = conn.begin().await?;
         let mut outcomes = Vec::with_capacity(reports.len());
         for (id, update) in reports {
+            match update_status_on(&mut tx, *id, host, update, lease, now).await {
+                Err(e) if e.is_database_failure() => return Err(e),
+                outcome => outcomes.push(outcome),
+            }
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn report_task_statuses(
+        &self,
+        reports: &[(TaskId, HostId, TaskStatusUpdate)],
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<Task>>> {
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (rows, fast) = common::status_report_rows(reports)?;
+        let mut conn = self.write.get().await?;
+        let mut tx = conn.begin().await?;
+        // Every report of a task its host holds, in one statement; the rest (refusals,
+        // replays, repeats within the batch) are judged one by one below.
+        let applied = sqlx::query(
+            "UPDATE tasks SET status = b.status,
+                 started_at = CASE WHEN b.status = 'running'
+                     THEN COALESCE(tasks.started_at, ?2) ELSE tasks.started_at END,
+                 lease_expires_at = CASE WHEN b.status = 'running' THEN ?3 ELSE NULL END,
+                 finished_at = CASE WHEN b.status = 'running' THEN tasks.finished_at ELSE ?2 END,
+                 error = CASE WHEN b.status = 'running' THEN tasks.error ELSE b.error END,
+                 result = CASE WHEN b.status = 'running' THEN tasks.result ELSE b.result END,
+                 updated_at = ?2
+             FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.host') AS host,
+                       json_extract(value, '$.status') AS status,
+                       json_extract(value, '$.error') AS error,
+                       json_extract(value, '$.result') AS result
+                   FROM json_each(?1)) AS b
+             WHERE tasks.id = b.id AND tasks.assigned_to = b.host
+               AND tasks.status IN ('assigned', 'running')
+             RETURNING *",
+        )
+        .bind(rows.to_string())
+        .bind(micros(now))
+        .bind(micros(common::lease_until(now, lease)))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut applied: HashMap<TaskId, Task> = tasks_from_rows(&applied)?
+            .into_iter()
+            .map(|t| (t.id, t))
+            .collect();
+        let mut outcomes = Vec::with_capacity(reports.len());
+        for ((id, host, update), fast) in reports.iter().zip(fast) {
+            if fast {
+                if let Some(task) = applied.remove(id) {
+                    outcomes.push(Ok(task));
+                    continue;
+                }
+            }
             match update_status_on(&mut tx, *id, host, update, lease, now).await {
                 Err(e) if e.is_database_failure() => return Err(e),
                 outcome => outcomes.push(outcome),
