@@ -68,6 +68,8 @@ pub struct Service {
     heartbeats: Batcher<(HostId, Heartbeat), Result<u64, StoreError>>,
     reports: Batcher<(TaskId, HostId, TaskStatusUpdate), Result<Task, StoreError>>,
     enqueues: Batcher<NewTask, Result<Enqueued, StoreError>>,
+    /// Claims of the long-polls that wake together ([`Store::claim_tasks_for_hosts`]).
+    claims: Batcher<(HostId, u32), Result<Vec<Task>, StoreError>>,
 }
 
 /// How long cached agent credentials are trusted without a change notification.
@@ -230,6 +232,15 @@ impl Service {
         let enqueues = store_batcher(&store, &clock, "enqueues", |store, tasks, now| async move {
             store.enqueue_tasks(&tasks, now).await
         });
+        let claims = store_batcher(
+            &store,
+            &clock,
+            "claims",
+            move |store, claims, now| async move {
+                let claimed = store.claim_tasks_for_hosts(&claims, lease, now).await?;
+                Ok(claimed.into_iter().map(Ok).collect())
+            },
+        );
         Self {
             store,
             clock,
@@ -240,11 +251,8 @@ impl Service {
             heartbeats,
             reports,
             enqueues,
+            claims,
         }
-    }
-
-    fn lease(&self) -> chrono::Duration {
-        lease_of(&self.timings)
     }
 
     // ---- experiments ----
@@ -464,15 +472,12 @@ impl Service {
             host_notified.as_mut().enable();
             any_notified.as_mut().enable();
 
-            let tasks = self
-                .store
-                .claim_tasks(
-                    host,
-                    self.timings.claim_batch_max,
-                    self.lease(),
-                    self.clock.now(),
-                )
-                .await?;
+            let tasks = batched(
+                self.claims
+                    .call((host.clone(), self.timings.claim_batch_max))
+                    .await,
+                "claim",
+            )?;
             if !tasks.is_empty() || wait.is_zero() {
                 return Ok(tasks);
             }

@@ -85,6 +85,7 @@ macro_rules! conformance_suite {
             agent_enrollment_credentials_heartbeats_and_revocation,
             batched_heartbeats_renew_each_hosts_leases_and_refuse_unknown_or_revoked,
             claim_skips_other_hosts_backlog_and_merges_host_less_tasks_in_order,
+            claims_for_many_hosts_hand_each_task_to_one_of_them,
             kpi_replay_is_not_stored_twice,
             latest_reduction_uses_candidates_latest_interval,
             agent_logs_round_trip_newest_first,
@@ -1942,4 +1943,64 @@ pub async fn batched_enqueues_answer_each_task_and_honour_idempotency_keys(store
         6
     );
     assert!(store.enqueue_tasks(&[], now).await.unwrap().is_empty());
+}
+
+/// The API gathers the long-polls that wake together into one `claim_tasks_for_hosts`
+/// call: each entry gets what `claim_tasks` would give it, and no task goes to two entries.
+pub async fn claims_for_many_hosts_hand_each_task_to_one_of_them(store: SharedStore) {
+    let (a, b, c) = (host("node-a"), host("node-b"), host("node-c"));
+    let mut second = 0;
+    let mut enqueue = |t: NewTask| {
+        second += 1;
+        let store = store.clone();
+        async move {
+            store
+                .enqueue_task(&t, t0() + Duration::seconds(second))
+                .await
+                .unwrap()
+        }
+    };
+    for h in [&a, &a, &a, &b] {
+        enqueue(task(TaskType::Health).for_host(h.clone())).await;
+    }
+    for _ in 0..2 {
+        enqueue(task(TaskType::Health)).await;
+    }
+    let now = t0() + Duration::seconds(60);
+    let claims = [
+        (a.clone(), 2),
+        (b.clone(), 10),
+        (c.clone(), 10),
+        (a.clone(), 10),
+        (c.clone(), 0),
+    ];
+    let claimed = store
+        .claim_tasks_for_hosts(&claims, lease(), now)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), claims.len());
+    let mut ids = HashSet::new();
+    for ((h, limit), tasks) in claims.iter().zip(&claimed) {
+        assert!(tasks.len() <= *limit as usize);
+        for t in tasks {
+            assert!(ids.insert(t.id), "task {} claimed twice", t.id);
+            assert_eq!(t.assigned_to.as_ref(), Some(h));
+            assert_eq!(t.status, TaskStatus::Assigned);
+            assert!(t.host_id.is_none() || t.host_id.as_ref() == Some(h));
+        }
+        let mut sorted = tasks.clone();
+        sorted.sort_by_key(|t| (-t.priority, t.created_at, t.id));
+        assert_eq!(&sorted, tasks, "claim order within an entry");
+    }
+    assert_eq!(ids.len(), 6, "every task claimed once: {claimed:?}");
+    assert_eq!(claimed[0].len(), 2);
+    // a's two oldest (its own), then b: its own and both shared ones (older than a's third),
+    // so c finds nothing and a's second entry gets its last task.
+    let lens: Vec<usize> = claimed.iter().map(Vec::len).collect();
+    assert_eq!(lens, [2, 3, 0, 1, 0]);
+    assert!(store
+        .claim_tasks_for_hosts(&[], lease(), now)
+        .await
+        .unwrap()
+        .is_empty());
 }

@@ -255,6 +255,21 @@ pub trait Store: Send + Sync + Debug + 'static {
         lease: Duration,
         now: DateTime<Utc>,
     ) -> Result<Vec<Task>>;
+    /// Claims for many hosts in one transaction (the API gathers the long-polls that wake
+    /// together, so a burst of deliveries costs one commit): each entry is answered as
+    /// [`Store::claim_tasks`] would answer it, in order; no task goes to two entries.
+    async fn claim_tasks_for_hosts(
+        &self,
+        claims: &[(HostId, u32)],
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Vec<Task>>> {
+        let mut claimed = Vec::with_capacity(claims.len());
+        for (host, limit) in claims {
+            claimed.push(self.claim_tasks(host, *limit, lease, now).await?);
+        }
+        Ok(claimed)
+    }
     /// Report on a held task. Only the holder may (others: [`StoreError::TaskNotHeld`]);
     /// `running` renews the lease; repeating the terminal status already recorded by the same
     /// host returns the task unchanged (an agent retrying after a lost response).

@@ -504,6 +504,62 @@ fn parse_wakeups(payload: &str) -> Vec<Wakeup> {
         .collect()
 }
 
+/// Claim up to `limit` tasks for `host` on this connection (see [`Store::claim_tasks`]).
+async fn claim_on(
+    conn: &mut PgConnection,
+    host: &HostId,
+    limit: u32,
+    lease: Duration,
+    now: DateTime<Utc>,
+) -> Result<Vec<Task>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    // The claimable ids are collected once (an InitPlan: the LIMIT applies once) and the
+    // rows reached through the primary key. They come from two ordered, locked ranges of
+    // `tasks_claimable_host` (this host's tasks, host-less tasks) merged in claim order, so
+    // the plan does not depend on statistics and a claim costs O(limit) whatever the
+    // backlog of other hosts (a single `host_id = $1 OR host_id IS NULL` scan let a stale
+    // ANALYZE pick a bitmap scan that sorted the whole backlog). SKIP LOCKED lets
+    // concurrent claimers (other replicas) take the next rows instead of waiting on these;
+    // rows locked by a branch but not claimed are released at commit. Not `FROM (CTE)
+    // JOIN`: the generic plan of that prepared statement hash-joins against a sequential
+    // scan of the whole table.
+    let rows = sqlx::query(
+        "UPDATE tasks t SET status = 'assigned', assigned_to = $1, assigned_at = $2,
+                 lease_expires_at = $3, attempts = t.attempts + 1, updated_at = $2
+             WHERE t.id = ANY(ARRAY(
+                 WITH own AS (
+                     SELECT id, priority, created_at FROM tasks
+                     WHERE status = 'pending' AND host_id = $1
+                       AND (not_before IS NULL OR not_before <= $2)
+                     ORDER BY priority DESC, created_at, id
+                     LIMIT $4
+                     FOR UPDATE SKIP LOCKED
+                 ), shared AS (
+                     SELECT id, priority, created_at FROM tasks
+                     WHERE status = 'pending' AND host_id IS NULL
+                       AND (not_before IS NULL OR not_before <= $2)
+                     ORDER BY priority DESC, created_at, id
+                     LIMIT $4
+                     FOR UPDATE SKIP LOCKED
+                 )
+                 SELECT c.id FROM (SELECT * FROM own UNION ALL SELECT * FROM shared) c
+                 ORDER BY c.priority DESC, c.created_at, c.id
+                 LIMIT $4))
+             RETURNING t.*",
+    )
+    .bind(host.as_str())
+    .bind(now)
+    .bind(common::lease_until(now, lease))
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut tasks = tasks_from_rows(&rows)?;
+    common::sort_in_claim_order(&mut tasks);
+    Ok(tasks)
+}
+
 #[async_trait]
 impl Store for PgStore {
     fn backend(&self) -> Backend {
@@ -843,52 +899,27 @@ impl Store for PgStore {
         lease: Duration,
         now: DateTime<Utc>,
     ) -> Result<Vec<Task>> {
-        if limit == 0 {
+        claim_on(&mut *self.pool.acquire().await?, host, limit, lease, now).await
+    }
+
+    async fn claim_tasks_for_hosts(
+        &self,
+        claims: &[(HostId, u32)],
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Vec<Task>>> {
+        if claims.is_empty() {
             return Ok(Vec::new());
         }
-        // The claimable ids are collected once (an InitPlan: the LIMIT applies once) and the
-        // rows reached through the primary key. They come from two ordered, locked ranges of
-        // `tasks_claimable_host` (this host's tasks, host-less tasks) merged in claim order, so
-        // the plan does not depend on statistics and a claim costs O(limit) whatever the
-        // backlog of other hosts (a single `host_id = $1 OR host_id IS NULL` scan let a stale
-        // ANALYZE pick a bitmap scan that sorted the whole backlog). SKIP LOCKED lets
-        // concurrent claimers (other replicas) take the next rows instead of waiting on these;
-        // rows locked by a branch but not claimed are released at commit. Not `FROM (CTE)
-        // JOIN`: the generic plan of that prepared statement hash-joins against a sequential
-        // scan of the whole table.
-        let rows = sqlx::query(
-            "UPDATE tasks t SET status = 'assigned', assigned_to = $1, assigned_at = $2,
-                 lease_expires_at = $3, attempts = t.attempts + 1, updated_at = $2
-             WHERE t.id = ANY(ARRAY(
-                 WITH own AS (
-                     SELECT id, priority, created_at FROM tasks
-                     WHERE status = 'pending' AND host_id = $1
-                       AND (not_before IS NULL OR not_before <= $2)
-                     ORDER BY priority DESC, created_at, id
-                     LIMIT $4
-                     FOR UPDATE SKIP LOCKED
-                 ), shared AS (
-                     SELECT id, priority, created_at FROM tasks
-                     WHERE status = 'pending' AND host_id IS NULL
-                       AND (not_before IS NULL OR not_before <= $2)
-                     ORDER BY priority DESC, created_at, id
-                     LIMIT $4
-                     FOR UPDATE SKIP LOCKED
-                 )
-                 SELECT c.id FROM (SELECT * FROM own UNION ALL SELECT * FROM shared) c
-                 ORDER BY c.priority DESC, c.created_at, c.id
-                 LIMIT $4))
-             RETURNING t.*",
-        )
-        .bind(host.as_str())
-        .bind(now)
-        .bind(common::lease_until(now, lease))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut tasks = tasks_from_rows(&rows)?;
-        common::sort_in_claim_order(&mut tasks);
-        Ok(tasks)
+        // One transaction, one commit (one WAL flush) for the batch. Each statement sees the
+        // rows the previous ones claimed as no longer pending, so no task goes twice.
+        let mut tx = self.pool.begin().await?;
+        let mut claimed = Vec::with_capacity(claims.len());
+        for (host, limit) in claims {
+            claimed.push(claim_on(&mut tx, host, *limit, lease, now).await?);
+        }
+        tx.commit().await?;
+        Ok(claimed)
     }
 
     async fn update_task_status(

@@ -181,6 +181,21 @@ impl SqliteStore {
         })
     }
 
+    /// Whether `host` has anything to claim at `now`, read on a read connection. Most claims
+    /// are a long-poll re-arming with nothing queued for it; this way they do not queue
+    /// behind every write (WAL readers run beside the writer). A task committed after this
+    /// look wakes the caller, who armed its wake-up before claiming, so nothing is missed.
+    async fn may_claim(&self, host: &HostId, now: DateTime<Utc>) -> Result<bool> {
+        Ok(
+            sqlx::query_scalar(&format!("SELECT EXISTS({CLAIMABLE_IDS})"))
+                .bind(host.as_str())
+                .bind(micros(now))
+                .bind(1_i64)
+                .fetch_one(&mut *self.read.get().await?)
+                .await?,
+        )
+    }
+
     /// Close every connection (waits for those in use to be returned); later calls answer
     /// [`StoreError::Unavailable`].
     pub async fn close(&self) {
@@ -458,6 +473,31 @@ async fn insert_task(
         task: task_from_row(&row)?,
         created: false,
     })
+}
+
+/// Claim up to `limit` tasks for `host` on the write connection (see [`Store::claim_tasks`]).
+async fn claim_on(
+    conn: &mut SqliteConnection,
+    host: &HostId,
+    limit: u32,
+    lease: Duration,
+    now: DateTime<Utc>,
+) -> Result<Vec<Task>> {
+    let rows = sqlx::query(&format!(
+        "UPDATE tasks SET status = 'assigned', assigned_to = ?1, assigned_at = ?2,
+             lease_expires_at = ?3, attempts = attempts + 1, updated_at = ?2
+         WHERE id IN ({CLAIMABLE_IDS_LEASED})
+         RETURNING *"
+    ))
+    .bind(host.as_str())
+    .bind(micros(now))
+    .bind(micros(common::lease_until(now, lease)))
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut tasks = tasks_from_rows(&rows)?;
+    common::sort_in_claim_order(&mut tasks);
+    Ok(tasks)
 }
 
 #[async_trait]
@@ -796,39 +836,41 @@ impl Store for SqliteStore {
         lease: Duration,
         now: DateTime<Utc>,
     ) -> Result<Vec<Task>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        // Most claims are a long-poll re-arming with nothing queued for it: find that out on a
-        // read connection (WAL readers run beside the writer) instead of queueing behind every
-        // write. A task committed after this look wakes the caller, who armed its wake-up
-        // before calling, so nothing is missed.
-        let claimable: bool = sqlx::query_scalar(&format!("SELECT EXISTS({CLAIMABLE_IDS})"))
-            .bind(host.as_str())
-            .bind(micros(now))
-            .bind(1_i64)
-            .fetch_one(&mut *self.read.get().await?)
-            .await?;
-        if !claimable {
+        if limit == 0 || !self.may_claim(host, now).await? {
             return Ok(Vec::new());
         }
         // One statement on the single write connection: atomic with respect to every other
         // claim, so no task is handed out twice.
-        let rows = sqlx::query(&format!(
-            "UPDATE tasks SET status = 'assigned', assigned_to = ?1, assigned_at = ?2,
-                 lease_expires_at = ?3, attempts = attempts + 1, updated_at = ?2
-             WHERE id IN ({CLAIMABLE_IDS_LEASED})
-             RETURNING *"
-        ))
-        .bind(host.as_str())
-        .bind(micros(now))
-        .bind(micros(common::lease_until(now, lease)))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *self.write.get().await?)
-        .await?;
-        let mut tasks = tasks_from_rows(&rows)?;
-        common::sort_in_claim_order(&mut tasks);
-        Ok(tasks)
+        claim_on(&mut *self.write.get().await?, host, limit, lease, now).await
+    }
+
+    async fn claim_tasks_for_hosts(
+        &self,
+        claims: &[(HostId, u32)],
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Vec<Task>>> {
+        let mut wanted = Vec::with_capacity(claims.len());
+        for (host, limit) in claims {
+            wanted.push(*limit > 0 && self.may_claim(host, now).await?);
+        }
+        let mut claimed = Vec::with_capacity(claims.len());
+        if !wanted.contains(&true) {
+            claimed.resize_with(claims.len(), Vec::new);
+            return Ok(claimed);
+        }
+        // One transaction (one commit) for the batch.
+        let mut conn = self.write.get().await?;
+        let mut tx = conn.begin().await?;
+        for ((host, limit), wanted) in claims.iter().zip(wanted) {
+            claimed.push(if wanted {
+                claim_on(&mut tx, host, *limit, lease, now).await?
+            } else {
+                Vec::new()
+            });
+        }
+        tx.commit().await?;
+        Ok(claimed)
     }
 
     async fn update_task_status(
