@@ -1998,6 +1998,42 @@ pub async fn claims_for_many_hosts_hand_each_task_to_one_of_them(store: SharedSt
     // so c finds nothing and a's second entry gets its last task.
     let lens: Vec<usize> = claimed.iter().map(Vec::len).collect();
     assert_eq!(lens, [2, 3, 0, 1, 0]);
+
+    // Only targeted tasks and distinct hosts (a backend may claim them in one statement).
+    let mut ids = Vec::new();
+    for (i, h) in [&b, &a, &a, &b, &a].into_iter().enumerate() {
+        let mut t = task(TaskType::Health).for_host(h.clone());
+        t.priority = i32::from(i == 4);
+        let at = t0() + Duration::seconds(100 + i as i64);
+        ids.push(store.enqueue_task(&t, at).await.unwrap().task.id);
+    }
+    let later = t0() + Duration::seconds(200);
+    let claims = [(a.clone(), 2), (b.clone(), 10), (c.clone(), 5)];
+    let claimed = store
+        .claim_tasks_for_hosts(&claims, lease(), later)
+        .await
+        .unwrap();
+    let got: Vec<Vec<_>> = claimed
+        .iter()
+        .map(|ts| ts.iter().map(|t| t.id).collect())
+        .collect();
+    // a: the priority-1 task first, then its oldest; b: both of its own, oldest first.
+    assert_eq!(
+        got,
+        vec![vec![ids[4], ids[1]], vec![ids[0], ids[3]], vec![]]
+    );
+    assert!(claimed
+        .iter()
+        .flatten()
+        .all(|t| t.lease_expires_at == Some(later + lease())));
+    let rest = store
+        .claim_tasks_for_hosts(&[(a.clone(), 10)], lease(), later)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest[0].iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![ids[2]]
+    );
     assert!(store
         .claim_tasks_for_hosts(&[], lease(), now)
         .await

@@ -5,7 +5,7 @@
 //! wake-ups into one statement, and [`PgStore::wakeups`] turns that channel into a stream that
 //! survives database restarts.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration as StdDuration;
 
@@ -911,12 +911,62 @@ impl Store for PgStore {
         if claims.is_empty() {
             return Ok(Vec::new());
         }
-        // One transaction, one commit (one WAL flush) for the batch. Each statement sees the
-        // rows the previous ones claimed as no longer pending, so no task goes twice.
+        // One transaction, one commit (one WAL flush) for the batch. When no host-less task is
+        // claimable and no host asks twice (the usual case: experiments target hosts), one
+        // statement claims every host's own tasks (a LATERAL index range per host). Otherwise
+        // each host claims in turn, each statement seeing the rows claimed before it as no
+        // longer pending, so no task goes twice and the merge order stays exact.
         let mut tx = self.pool.begin().await?;
+        let distinct: HashSet<&HostId> = claims.iter().map(|(h, _)| h).collect();
+        let shared_claimable: bool = sqlx::query_scalar(
+            "SELECT EXISTS(SELECT 1 FROM tasks WHERE status = 'pending' AND host_id IS NULL
+                 AND (not_before IS NULL OR not_before <= $1))",
+        )
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
         let mut claimed = Vec::with_capacity(claims.len());
-        for (host, limit) in claims {
-            claimed.push(claim_on(&mut tx, host, *limit, lease, now).await?);
+        if shared_claimable || distinct.len() < claims.len() {
+            for (host, limit) in claims {
+                claimed.push(claim_on(&mut tx, host, *limit, lease, now).await?);
+            }
+        } else {
+            let requests: Vec<serde_json::Value> = claims
+                .iter()
+                .map(|(host, limit)| serde_json::json!({"host": host.as_str(), "lim": limit}))
+                .collect();
+            let rows = sqlx::query(
+                "UPDATE tasks t SET status = 'assigned', assigned_to = p.host, assigned_at = $2,
+                     lease_expires_at = $3, attempts = t.attempts + 1, updated_at = $2
+                 FROM (
+                     SELECT x.id, r.host FROM jsonb_to_recordset($1::jsonb) AS r(host text, lim int)
+                     CROSS JOIN LATERAL (
+                         SELECT id FROM tasks
+                         WHERE status = 'pending' AND host_id = r.host
+                           AND (not_before IS NULL OR not_before <= $2)
+                         ORDER BY priority DESC, created_at, id
+                         LIMIT r.lim
+                         FOR UPDATE SKIP LOCKED) x
+                 ) p
+                 WHERE t.id = p.id
+                 RETURNING t.*",
+            )
+            .bind(serde_json::Value::Array(requests))
+            .bind(now)
+            .bind(common::lease_until(now, lease))
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut by_host: HashMap<HostId, Vec<Task>> = HashMap::new();
+            for task in tasks_from_rows(&rows)? {
+                if let Some(holder) = task.assigned_to.clone() {
+                    by_host.entry(holder).or_default().push(task);
+                }
+            }
+            for (host, _) in claims {
+                let mut tasks = by_host.remove(host).unwrap_or_default();
+                common::sort_in_claim_order(&mut tasks);
+                claimed.push(tasks);
+            }
         }
         tx.commit().await?;
         Ok(claimed)
