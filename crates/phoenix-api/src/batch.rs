@@ -1,12 +1,14 @@
 //! Group commit for small writes that arrive together: callers hand a request to a
-//! [`Batcher`] and wait; one background task takes everything queued while its previous
-//! write ran and writes it as one batch. An idle server writes each request at once (a batch
-//! of one); a busy one writes fewer, larger batches instead of queueing a transaction per
-//! request behind the database.
+//! [`Batcher`] and wait; a background task takes everything queued while the earlier writes
+//! ran and writes it as one batch, with at most `max_in_flight` batches being written at
+//! once. An idle server writes each request at once (a batch of one); a busy one writes
+//! fewer, larger batches instead of queueing a transaction per request behind the database.
 
 use std::future::Future;
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 struct Job<Req, Resp> {
     request: Req,
@@ -28,25 +30,40 @@ impl<Req, Resp> std::fmt::Debug for Batcher<Req, Resp> {
 
 impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     /// Start the writer task on the current runtime. `write` gets at most `max_batch`
-    /// requests and must answer one response per request, in order; the task ends when the
-    /// last [`Batcher`] handle is dropped.
-    pub fn spawn<F, Fut>(max_batch: usize, mut write: F) -> Self
+    /// requests and must answer one response per request, in order; up to `max_in_flight`
+    /// of its futures run at once (1 for a database with a single writer, more where
+    /// concurrent commits share a WAL flush). The task ends when the last [`Batcher`] handle
+    /// is dropped.
+    pub fn spawn<F, Fut>(max_batch: usize, max_in_flight: usize, mut write: F) -> Self
     where
         F: FnMut(Vec<Req>) -> Fut + Send + 'static,
-        Fut: Future<Output = Vec<Resp>> + Send,
+        Fut: Future<Output = Vec<Resp>> + Send + 'static,
     {
         let max_batch = max_batch.max(1);
         let (jobs, mut queue) = mpsc::channel::<Job<Req, Resp>>(max_batch * 4);
+        let slots = Arc::new(Semaphore::new(max_in_flight.max(1)));
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(max_batch);
-            while queue.recv_many(&mut batch, max_batch).await > 0 {
+            loop {
+                // Take a slot first: while every slot is busy, requests gather into the next
+                // batch.
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                if queue.recv_many(&mut batch, max_batch).await == 0 {
+                    return;
+                }
                 let (requests, replies): (Vec<Req>, Vec<oneshot::Sender<Resp>>) =
                     batch.drain(..).map(|job| (job.request, job.reply)).unzip();
-                let responses = write(requests).await;
-                for (reply, response) in replies.into_iter().zip(responses) {
-                    // The caller may have gone (client disconnected): nothing to do.
-                    let _ = reply.send(response);
-                }
+                let written = write(requests);
+                tokio::spawn(async move {
+                    let responses = written.await;
+                    drop(slot);
+                    for (reply, response) in replies.into_iter().zip(responses) {
+                        // The caller may have gone (client disconnected): nothing to do.
+                        let _ = reply.send(response);
+                    }
+                });
             }
         });
         Self { jobs }
@@ -64,7 +81,6 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
 
     use super::*;
 
@@ -73,7 +89,7 @@ mod tests {
         let batches = Arc::new(AtomicUsize::new(0));
         let counted = batches.clone();
         let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
-        let batcher = Arc::new(Batcher::spawn(64, move |reqs: Vec<u32>| {
+        let batcher = Arc::new(Batcher::spawn(64, 1, move |reqs: Vec<u32>| {
             counted.fetch_add(1, Ordering::SeqCst);
             let mut gate = gate_rx.clone();
             async move {
@@ -110,7 +126,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_writer_answering_too_few_responses_gives_none_not_a_hang() {
-        let batcher = Batcher::spawn(8, |_reqs: Vec<u32>| async { Vec::<u32>::new() });
+        let batcher = Batcher::spawn(8, 2, |_reqs: Vec<u32>| async { Vec::<u32>::new() });
         assert_eq!(batcher.call(1).await, None);
     }
 }

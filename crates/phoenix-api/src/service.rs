@@ -89,11 +89,19 @@ where
     Req: Send + 'static,
     T: Send + 'static,
     W: Fn(SharedStore, Vec<Req>, chrono::DateTime<Utc>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<Vec<Result<T, StoreError>>, StoreError>> + Send,
+    Fut: std::future::Future<Output = Result<Vec<Result<T, StoreError>>, StoreError>>
+        + Send
+        + 'static,
 {
+    // SQLite has one writer: concurrent batches would only split them. PostgreSQL commits
+    // concurrent transactions with one WAL flush.
+    let in_flight = match store.backend() {
+        phoenix_store::Backend::Sqlite => 1,
+        phoenix_store::Backend::Postgres => 4,
+    };
     let store = store.clone();
     let clock = clock.clone();
-    Batcher::spawn(BATCH_MAX, move |requests: Vec<Req>| {
+    Batcher::spawn(BATCH_MAX, in_flight, move |requests: Vec<Req>| {
         let n = requests.len();
         let written = write(store.clone(), requests, clock.now());
         async move {

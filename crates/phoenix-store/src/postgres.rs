@@ -37,6 +37,8 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Connections per API process. Long-polls never hold one while they wait.
 const MAX_CONNECTIONS: u32 = 16;
+/// Connections for writes that need not wait for durability (heartbeats).
+const RELAXED_CONNECTIONS: u32 = 4;
 /// Waiting longer than this for a connection means the database is in trouble: 503.
 const ACQUIRE_TIMEOUT: StdDuration = StdDuration::from_secs(5);
 /// The wake-up listener's reconnect backoff.
@@ -49,6 +51,11 @@ const WAKEUP_BUFFER: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// A few connections whose commits do not wait for the WAL flush (session
+    /// `synchronous_commit = off`), for heartbeats: a batch is then one statement, one round
+    /// trip. A database crash can lose the last fraction of a second of them, which costs
+    /// nothing (agents heartbeat again).
+    relaxed: PgPool,
     /// What the wake-up listeners connect with (each has its own connection).
     options: PgConnectOptions,
     notifier: Notifier,
@@ -78,9 +85,23 @@ impl PgStore {
                 StoreError::Unavailable(format!("cannot connect to PostgreSQL at {target}: {e}"))
             })?;
         MIGRATOR.run(&pool).await?;
+        let relaxed = PgPoolOptions::new()
+            .max_connections(RELAXED_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(false)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("SET synchronous_commit = off")
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(options.clone());
         let notifier = Notifier::start(options.clone());
         Ok(Self {
             pool,
+            relaxed,
             options,
             notifier,
         })
@@ -916,20 +937,21 @@ impl Store for PgStore {
         // statement claims every host's own tasks (a LATERAL index range per host). Otherwise
         // each host claims in turn, each statement seeing the rows claimed before it as no
         // longer pending, so no task goes twice and the merge order stays exact.
-        let mut tx = self.pool.begin().await?;
         let distinct: HashSet<&HostId> = claims.iter().map(|(h, _)| h).collect();
         let shared_claimable: bool = sqlx::query_scalar(
             "SELECT EXISTS(SELECT 1 FROM tasks WHERE status = 'pending' AND host_id IS NULL
                  AND (not_before IS NULL OR not_before <= $1))",
         )
         .bind(now)
-        .fetch_one(&mut *tx)
+        .fetch_one(&self.pool)
         .await?;
         let mut claimed = Vec::with_capacity(claims.len());
         if shared_claimable || distinct.len() < claims.len() {
+            let mut tx = self.pool.begin().await?;
             for (host, limit) in claims {
                 claimed.push(claim_on(&mut tx, host, *limit, lease, now).await?);
             }
+            tx.commit().await?;
         } else {
             let requests: Vec<serde_json::Value> = claims
                 .iter()
@@ -954,7 +976,7 @@ impl Store for PgStore {
             .bind(serde_json::Value::Array(requests))
             .bind(now)
             .bind(common::lease_until(now, lease))
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await?;
             let mut by_host: HashMap<HostId, Vec<Task>> = HashMap::new();
             for task in tasks_from_rows(&rows)? {
@@ -968,7 +990,6 @@ impl Store for PgStore {
                 claimed.push(tasks);
             }
         }
-        tx.commit().await?;
         Ok(claimed)
     }
 
@@ -1301,73 +1322,81 @@ impl Store for PgStore {
         if beats.is_empty() {
             return Ok(Vec::new());
         }
-        // Set-based statements over a JSON array: a batch costs one transaction of a few
-        // statements, committed without waiting for the WAL flush.
+        // One statement for the batch (data-modifying CTEs over JSON rows), on a connection
+        // that commits without waiting for the WAL flush: one round trip, no fsync. Every
+        // part reads the same snapshot, so `refused` sees the agents as they were.
         let rows = common::heartbeat_rows(beats)?;
-        let mut tx = self.pool.begin().await?;
-        relaxed_durability(&mut tx).await?;
-        let accepted: BTreeSet<String> = sqlx::query_scalar(
-            "UPDATE agents a SET hostname = b.hostname, version = b.version,
-                 capabilities = b.capabilities, labels = b.labels,
-                 resource_usage = b.resource_usage, running_pipelines = b.running_pipelines,
-                 last_seen_at = $2
-             FROM jsonb_to_recordset($1::jsonb) AS b(host_id text, hostname text, version text,
-                 capabilities jsonb, labels jsonb, resource_usage jsonb, running_pipelines jsonb)
-             WHERE a.host_id = b.host_id AND a.revoked = false
-             RETURNING a.host_id",
+        let history = beats
+            .iter()
+            .map(|(host, hb)| {
+                Ok(serde_json::json!({
+                    "host_id": host.as_str(),
+                    "heartbeat": common::to_json_value("heartbeat", hb)?,
+                }))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let hosts: Vec<&str> = beats
+            .iter()
+            .map(|(h, _)| h.as_str())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        // Every table is reached through `= ANY($5)` on an index: joins against the JSON rows
+        // or the CTEs alone let generic plans scan all agents, or every held task per host.
+        let results = sqlx::query(
+            "WITH b AS (
+                 SELECT * FROM jsonb_to_recordset($1::jsonb) AS b(host_id text, hostname text,
+                     version text, capabilities jsonb, labels jsonb, resource_usage jsonb,
+                     running_pipelines jsonb)
+             ), accepted AS (
+                 UPDATE agents a SET hostname = b.hostname, version = b.version,
+                     capabilities = b.capabilities, labels = b.labels,
+                     resource_usage = b.resource_usage, running_pipelines = b.running_pipelines,
+                     last_seen_at = $3
+                 FROM b
+                 WHERE a.host_id = ANY($5) AND a.host_id = b.host_id AND a.revoked = false
+                 RETURNING a.host_id
+             ), history AS (
+                 INSERT INTO agent_heartbeats (host_id, at, heartbeat)
+                 SELECT h.host_id, $3, h.heartbeat
+                 FROM jsonb_to_recordset($2::jsonb) AS h(host_id text, heartbeat jsonb)
+                 WHERE h.host_id IN (SELECT host_id FROM accepted)
+             ), renewed AS (
+                 UPDATE tasks t SET lease_expires_at = $4, updated_at = $3
+                 WHERE t.assigned_to = ANY($5) AND t.status IN ('assigned', 'running')
+                   AND NOT EXISTS (SELECT 1 FROM agents r
+                                   WHERE r.host_id = t.assigned_to AND r.revoked)
+                 RETURNING t.assigned_to
+             )
+             SELECT 'accepted' AS kind, host_id, false AS revoked FROM accepted
+             UNION ALL
+             SELECT 'renewed', assigned_to, false FROM renewed
+             UNION ALL
+             SELECT 'refused', a.host_id, a.revoked FROM agents a
+             WHERE a.host_id = ANY($5) AND a.host_id NOT IN (SELECT host_id FROM accepted)",
         )
         .bind(&rows)
+        .bind(serde_json::Value::Array(history))
         .bind(now)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
+        .bind(common::lease_until(now, lease))
+        .bind(&hosts)
+        .fetch_all(&self.relaxed)
+        .await?;
+        let mut accepted = BTreeSet::new();
         let mut renewed: BTreeMap<String, u64> = BTreeMap::new();
-        if !accepted.is_empty() {
-            let history = common::heartbeat_history(beats, &accepted)?;
-            sqlx::query(
-                "INSERT INTO agent_heartbeats (host_id, at, heartbeat)
-                 SELECT b.host_id, $2, b.heartbeat
-                 FROM jsonb_to_recordset($1::jsonb) AS b(host_id text, heartbeat jsonb)",
-            )
-            .bind(&history)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            let hosts: Vec<&str> = accepted.iter().map(String::as_str).collect();
-            let held: Vec<String> = sqlx::query_scalar(
-                "UPDATE tasks SET lease_expires_at = $2, updated_at = $3
-                 WHERE status IN ('assigned', 'running') AND assigned_to = ANY($1)
-                 RETURNING assigned_to",
-            )
-            .bind(&hosts)
-            .bind(common::lease_until(now, lease))
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await?;
-            for host in held {
-                *renewed.entry(host).or_default() += 1;
-            }
-        }
         let mut revoked: BTreeMap<String, bool> = BTreeMap::new();
-        if accepted.len() < beats.len() {
-            let refused: Vec<&str> = beats
-                .iter()
-                .map(|(h, _)| h.as_str())
-                .filter(|h| !accepted.contains(*h))
-                .collect();
-            if !refused.is_empty() {
-                let rows =
-                    sqlx::query("SELECT host_id, revoked FROM agents WHERE host_id = ANY($1)")
-                        .bind(&refused)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                for row in rows {
-                    revoked.insert(text(&row, "host_id")?, row.try_get("revoked")?);
+        for row in &results {
+            let host = text(row, "host_id")?;
+            match text(row, "kind")?.as_str() {
+                "accepted" => {
+                    accepted.insert(host);
+                }
+                "renewed" => *renewed.entry(host).or_default() += 1,
+                _ => {
+                    revoked.insert(host, row.try_get("revoked")?);
                 }
             }
         }
-        tx.commit().await?;
         Ok(common::heartbeat_outcomes(
             beats, &accepted, &renewed, &revoked,
         ))
