@@ -223,6 +223,8 @@ pub struct ApiClient {
     token: Option<String>,
     credentials_path: PathBuf,
     secret: Mutex<Option<String>>,
+    /// One enrollment at a time (the loops start together).
+    enrolling: tokio::sync::Mutex<()>,
     request_timeout: Duration,
     /// The shared breaker.
     pub breaker: Breaker,
@@ -270,6 +272,7 @@ impl ApiClient {
             token,
             credentials_path,
             secret: Mutex::new(secret),
+            enrolling: tokio::sync::Mutex::new(()),
             request_timeout,
             breaker,
             failures_total: AtomicU64::new(0),
@@ -319,6 +322,10 @@ impl ApiClient {
 
     /// Enrolls with the token and stores the secret (0600), unless a secret is held.
     pub async fn ensure_enrolled(&self) -> Result<(), ApiError> {
+        if self.is_enrolled() {
+            return Ok(());
+        }
+        let _one_at_a_time = self.enrolling.lock().await;
         if self.is_enrolled() {
             return Ok(());
         }

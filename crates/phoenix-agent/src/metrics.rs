@@ -183,6 +183,12 @@ impl AgentMetrics {
         if let Some((_, rw)) = self.remote_write.lock().as_ref() {
             counter(
                 out,
+                "phoenix_agent_remote_write_queued_samples_total",
+                "Samples of the live output accepted into the remote-write buffer.",
+                get(&rw.queued_samples_total),
+            );
+            counter(
+                out,
                 "phoenix_agent_remote_write_buffer_dropped_samples_total",
                 "Samples dropped because the remote-write buffer was full.",
                 get(&rw.dropped_samples_total),

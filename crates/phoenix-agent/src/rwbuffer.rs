@@ -28,6 +28,8 @@ use crate::diskqueue::DiskQueue;
 /// Counters beyond the engine's exporter counters.
 #[derive(Debug, Default)]
 pub struct RemoteWriteBufferStats {
+    /// Samples accepted into the buffer (everything the live pipeline exported).
+    pub queued_samples_total: AtomicU64,
     /// Samples dropped because the buffer was full.
     pub dropped_samples_total: AtomicU64,
     /// Requests dropped because the buffer was full.
@@ -82,7 +84,11 @@ impl Exporter for BufferedRemoteWrite {
             let mut record = Vec::with_capacity(8 + body.len());
             record.extend_from_slice(&(samples as u64).to_le_bytes());
             record.extend_from_slice(&body);
-            if self.queue.push(&record).is_err() {
+            if self.queue.push(&record).is_ok() {
+                self.stats
+                    .queued_samples_total
+                    .fetch_add(samples as u64, Ordering::Relaxed);
+            } else {
                 self.stats
                     .dropped_requests_total
                     .fetch_add(1, Ordering::Relaxed);

@@ -51,7 +51,11 @@ pub struct ApiProcess {
 impl ApiProcess {
     /// Start `phoenix-api` on `database_url` and wait until `/ready` answers.
     pub async fn start(database_url: &str, extra_env: &[(&str, &str)]) -> Self {
-        let port = free_port();
+        Self::start_on(free_port(), database_url, extra_env).await
+    }
+
+    /// Like [`ApiProcess::start`] on a given port (to restart an API where agents expect it).
+    pub async fn start_on(port: u16, database_url: &str, extra_env: &[(&str, &str)]) -> Self {
         let log = std::env::temp_dir().join(format!(
             "phoenix-e2e-api-{port}-{}.log",
             uuid::Uuid::new_v4()

@@ -1,0 +1,522 @@
+//! The agent against the real API, with real processes failing: `kill -9` mid-experiment,
+//! the API down while agents run, an agent that stops heartbeating, the metrics backend
+//! (VictoriaMetrics) down behind a running pipeline. Intervals are shortened (KPIs every
+//! second, heartbeats every 500 ms, leases of 2 s); outages last a few seconds
+//! (`PHOENIX_E2E_OUTAGE_SECS`, default 6) instead of a minute: long enough for several KPI
+//! intervals and backoff rounds to pile up in the buffers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use phoenix_e2e::{
+    api_on_sqlite, free_port, stored_batch_ids, wait_for, AgentOptions, AgentProcess, ApiProcess,
+    TempDir,
+};
+use serde_json::{json, Value};
+
+fn outage() -> Duration {
+    Duration::from_secs(
+        std::env::var("PHOENIX_E2E_OUTAGE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(6),
+    )
+}
+
+async fn post(url: String, body: Value) -> Value {
+    let response = reqwest::Client::new()
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "POST {url}: {status} {body}");
+    body
+}
+
+async fn get(url: String) -> Option<Value> {
+    reqwest::get(&url).await.ok()?.json().await.ok()
+}
+
+async fn enqueue(api: &ApiProcess, task: Value) -> String {
+    let body = post(format!("{}/api/v1/tasks", api.base()), task).await;
+    body["task"]["id"].as_str().unwrap().to_string()
+}
+
+async fn task(api: &ApiProcess, id: &str) -> Option<Value> {
+    get(format!("{}/api/v1/tasks/{id}", api.base())).await
+}
+
+async fn tasks(api: &ApiProcess) -> Vec<Value> {
+    get(format!("{}/api/v1/tasks?limit=500", api.base()))
+        .await
+        .and_then(|v| v["items"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+async fn start_experiment(api: &ApiProcess, hosts: &[&str], duration_seconds: u64) -> String {
+    let exp = post(
+        format!("{}/api/v1/experiments", api.base()),
+        json!({
+            "name": "e2e", "baseline_pipeline": "baseline", "candidate_pipeline": "adaptive",
+            "target_hosts": hosts, "duration_seconds": duration_seconds,
+        }),
+    )
+    .await;
+    let id = exp["id"].as_str().unwrap().to_string();
+    post(
+        format!("{}/api/v1/experiments/{id}/start", api.base()),
+        json!({}),
+    )
+    .await;
+    id
+}
+
+/// One value from a Prometheus text exposition.
+async fn metric(address: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{address}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+const LOADSIM: &str = r#"{"profile": "k8s", "scale": 0.05, "interval": "500ms"}"#;
+
+fn assert_no_task_ran_twice(agents: &[&AgentProcess]) {
+    let mut seen = HashMap::new();
+    for agent in agents {
+        for id in agent.executed_task_ids() {
+            *seen.entry(id).or_insert(0) += 1;
+        }
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "tasks executed twice: {twice:?}");
+}
+
+async fn assert_every_queued_batch_stored_once(db: &std::path::Path, agents: &[&AgentProcess]) {
+    let queued: BTreeSet<String> = agents.iter().flat_map(|a| a.queued_batch_ids()).collect();
+    let total_queued: usize = agents.iter().map(|a| a.queued_batch_ids().len()).sum();
+    assert_eq!(queued.len(), total_queued, "a batch id was produced twice");
+    assert!(!queued.is_empty(), "no KPI batch was produced");
+    let stored = wait_for(
+        "every queued KPI batch stored",
+        Duration::from_secs(30),
+        || async {
+            let stored = stored_batch_ids(db).await;
+            let ids: BTreeSet<String> = stored.iter().map(|(b, _)| b.clone()).collect();
+            queued.is_subset(&ids).then_some(stored)
+        },
+    )
+    .await;
+    let ids: BTreeSet<String> = stored.iter().map(|(b, _)| b.clone()).collect();
+    assert_eq!(ids.len(), stored.len(), "a batch id stored twice");
+    assert_eq!(ids, queued, "stored batches the agents never queued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_experiment_loses_no_kpi_batch_and_runs_no_task_twice() {
+    let dir = TempDir::new("phoenix-e2e-kill9");
+    let (api, db) = api_on_sqlite(dir.path(), &[]).await;
+    let mut agent = AgentProcess::start(
+        AgentOptions::new(&api.base(), "kill9-agent", &dir.path().join("agent"))
+            .pipeline("pipelines: {main: {}}\n"),
+    );
+    let mut loadsim: Value = serde_json::from_str(LOADSIM).unwrap();
+    loadsim["action"] = json!("start");
+    enqueue(
+        &api,
+        json!({"type": "loadsim", "host_id": "kill9-agent", "payload": loadsim}),
+    )
+    .await;
+    let experiment = start_experiment(&api, &["kill9-agent"], 10).await;
+
+    wait_for(
+        "the experiment running with KPIs",
+        Duration::from_secs(60),
+        || async {
+            (!agent.log_events("experiment started here").is_empty()
+                && agent.queued_batch_ids().len() >= 4)
+                .then_some(())
+        },
+    )
+    .await;
+    agent.kill9();
+    let before_restart = agent.queued_batch_ids().len();
+    agent.restart();
+
+    // The experiment carries on after the restart and ends at its deadline.
+    let start_task = wait_for(
+        "the experiment task completed",
+        Duration::from_secs(60),
+        || async {
+            tasks(&api).await.into_iter().find(|t| {
+                t["type"] == "experiment"
+                    && t["status"] == "completed"
+                    && t["payload"]["action"] == "start"
+            })
+        },
+    )
+    .await;
+    assert_eq!(
+        start_task["result"]["outcome"], "duration_elapsed",
+        "{start_task}"
+    );
+    assert_eq!(start_task["result"]["experiment_id"], experiment.as_str());
+    assert!(agent
+        .log_text()
+        .contains("resuming the experiment after a restart"));
+    assert!(agent.queued_batch_ids().len() > before_restart);
+    assert_eq!(agent.terminate(), Some(0), "{}", agent.log_text());
+
+    assert_no_task_ran_twice(&[&agent]);
+    assert_every_queued_batch_stored_once(&db, &[&agent]).await;
+    for t in tasks(&api).await {
+        assert_eq!(t["status"], "completed", "{t}");
+    }
+    // Both variants of the experiment were reported, before and after the kill.
+    let variants = reqwest::get(format!("{}/metrics", api.base()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        variants.contains(&format!("experiment_id=\"{experiment}\"")),
+        "{variants}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_buffer_kpis_while_the_api_is_down_and_deliver_every_batch_after() {
+    let dir = TempDir::new("phoenix-e2e-api-down");
+    let (api, db) = api_on_sqlite(dir.path(), &[]).await;
+    let port = api.port;
+    let db_url = format!("sqlite://{}", db.display());
+    let mut agents: Vec<AgentProcess> = (1..=2)
+        .map(|i| {
+            let metrics = format!("127.0.0.1:{}", free_port());
+            AgentProcess::start(
+                AgentOptions::new(&api.base(), &format!("outage-{i}"), &dir.path().join(format!("agent-{i}")))
+                    .pipeline(&format!("pipelines: {{main: {{}}}}\nexporters: {{prometheus: {{listen: \"{metrics}\"}}}}\n")),
+            )
+        })
+        .collect();
+    for agent in &agents {
+        let payload: Value = serde_json::from_str(LOADSIM).unwrap();
+        enqueue(
+            &api,
+            json!({"type": "loadsim", "host_id": agent.host_id, "payload": payload}),
+        )
+        .await;
+    }
+    wait_for("KPIs flowing", Duration::from_secs(60), || async {
+        (stored_batch_ids(&db).await.len() >= 4).then_some(())
+    })
+    .await;
+
+    drop(api);
+    let down_for = outage();
+    tokio::time::sleep(down_for).await;
+    // Batches piled up on disk while the API was gone.
+    for agent in &agents {
+        let pending = agent.log_events("kpi batch queued").len();
+        assert!(pending > 0);
+    }
+    let queued_during_outage: usize = agents.iter().map(|a| a.queued_batch_ids().len()).sum();
+    let api = ApiProcess::start_on(
+        port,
+        &db_url,
+        &[("PHOENIX_AGENT_HEARTBEAT_INTERVAL", "500ms")],
+    )
+    .await;
+    let produced_while_down = wait_for(
+        "buffered batches delivered",
+        Duration::from_secs(60),
+        || async {
+            let stored = stored_batch_ids(&db).await.len();
+            (stored >= queued_during_outage).then_some(stored)
+        },
+    )
+    .await;
+    assert!(produced_while_down >= queued_during_outage);
+    for agent in &mut agents {
+        assert_eq!(agent.terminate(), Some(0), "{}", agent.log_text());
+    }
+    let refs: Vec<&AgentProcess> = agents.iter().collect();
+    assert_every_queued_batch_stored_once(&db, &refs).await;
+    assert_no_task_ran_twice(&refs);
+    // Delivery resumed in order: the duplicates the API saw (replays) were not stored.
+    let text = reqwest::get(format!("{}/metrics", api.base()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("phoenix_kpi_batches_total{status=\"stored\"}"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_agent_loses_its_task_to_another_agent_and_shows_offline() {
+    let dir = TempDir::new("phoenix-e2e-silent");
+    let (api, _db) = api_on_sqlite(
+        dir.path(),
+        &[
+            ("PHOENIX_TASK_LEASE", "2s"),
+            ("PHOENIX_AGENT_OFFLINE_AFTER", "3s"),
+        ],
+    )
+    .await;
+    let first = AgentProcess::start(
+        AgentOptions::new(&api.base(), "silent-1", &dir.path().join("agent-1"))
+            .pipeline("pipelines: {main: {}}\n"),
+    );
+    let payload =
+        json!({"profile": "app", "scale": 0.1, "interval": "500ms", "duration_seconds": 600});
+    let id = enqueue(&api, json!({"type": "loadsim", "payload": payload})).await;
+    wait_for(
+        "the first agent running the task",
+        Duration::from_secs(30),
+        || async {
+            let t = task(&api, &id).await?;
+            (t["status"] == "running" && t["assigned_to"] == "silent-1").then_some(())
+        },
+    )
+    .await;
+
+    // Frozen: no heartbeat, no status; the process is still there.
+    phoenix_e2e::signal(first.pid(), "STOP");
+    let second = AgentProcess::start(
+        AgentOptions::new(&api.base(), "silent-2", &dir.path().join("agent-2"))
+            .pipeline("pipelines: {main: {}}\n"),
+    );
+    let taken = wait_for(
+        "the task handed to the second agent",
+        Duration::from_secs(30),
+        || async {
+            let t = task(&api, &id).await?;
+            (t["assigned_to"] == "silent-2" && t["status"] == "running").then_some(t)
+        },
+    )
+    .await;
+    // The frozen agent's long-poll, still parked on the API, may claim it once more on the
+    // way (its lease lapses again): the second agent gets it on attempt 2 or 3.
+    assert!(taken["attempts"].as_u64().unwrap() >= 2, "{taken}");
+    assert!(
+        taken["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("lease expired on host silent-1"),
+        "{taken}"
+    );
+    wait_for(
+        "the silent agent shown offline",
+        Duration::from_secs(30),
+        || async {
+            let fleet = get(format!("{}/api/v1/fleet/status", api.base())).await?;
+            let agents = fleet["agents"].as_array()?;
+            let silent = agents.iter().find(|a| a["host_id"] == "silent-1")?;
+            let live = agents.iter().find(|a| a["host_id"] == "silent-2")?;
+            (silent["health"] == "offline" && live["health"] == "healthy").then_some(())
+        },
+    )
+    .await;
+    phoenix_e2e::signal(first.pid(), "CONT");
+    assert!(
+        second.log_text().contains(&id),
+        "the second agent never ran {id}"
+    );
+    assert_no_task_ran_twice(&[&second]);
+}
+
+/// A private VictoriaMetrics on a free port; stopped (SIGTERM) on drop.
+struct Victoria {
+    child: std::process::Child,
+    port: u16,
+    data: std::path::PathBuf,
+}
+
+impl Victoria {
+    fn start(port: u16, data: &std::path::Path) -> Self {
+        let binary = "/usr/bin/victoria-metrics";
+        assert!(
+            std::path::Path::new(binary).exists(),
+            "{binary} missing: apt-get install victoria-metrics"
+        );
+        let child = std::process::Command::new(binary)
+            .arg(format!("-storageDataPath={}", data.display()))
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .arg("-retentionPeriod=100y")
+            // Exact duplicates (a request resent after a lost answer) count once.
+            .arg("-dedup.minScrapeInterval=1ms")
+            .arg("-search.latencyOffset=0s")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            port,
+            data: data.to_path_buf(),
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn ready(&self) {
+        let url = format!("{}/health", self.base());
+        wait_for("VictoriaMetrics ready", Duration::from_secs(30), || async {
+            reqwest::get(&url)
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ())
+        })
+        .await;
+    }
+
+    fn stop(mut self) -> std::path::PathBuf {
+        phoenix_e2e::signal(self.child.id(), "TERM");
+        let _ = self.child.wait();
+        self.data.clone()
+    }
+
+    /// `(series, samples)` stored.
+    async fn counts(&self) -> (usize, usize) {
+        let _ = reqwest::get(format!("{}/internal/force_flush", self.base())).await;
+        let text = reqwest::get(format!(
+            "{}/api/v1/export?match[]={{__name__!=\"\"}}",
+            self.base()
+        ))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+        let mut series = 0;
+        let mut samples = 0;
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            series += 1;
+            samples += v["values"].as_array().map_or(0, Vec::len);
+        }
+        (series, samples)
+    }
+}
+
+impl Drop for Victoria {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn victoria_metrics_outage_is_buffered_on_disk_and_every_sample_arrives() {
+    let dir = TempDir::new("phoenix-e2e-vm");
+    let vm_port = free_port();
+    let vm = Victoria::start(vm_port, &dir.path().join("vm"));
+    vm.ready().await;
+    let (api, _db) = api_on_sqlite(dir.path(), &[]).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut agent = AgentProcess::start(
+        AgentOptions::new(&api.base(), "vm-agent", &dir.path().join("agent")).pipeline(&format!(
+            "pipelines: {{main: {{}}}}\nexporters:\n  remote_write: {{url: \"{}/api/v1/write\", min_backoff: 50ms, max_backoff: 500ms, timeout: 2s}}\n  prometheus: {{listen: \"{metrics}\"}}\n",
+            vm.base()
+        )),
+    );
+    let duration = outage().as_secs() + 6;
+    enqueue(
+        &api,
+        json!({"type": "loadsim", "host_id": "vm-agent", "payload":
+            {"profile": "app", "scale": 0.2, "interval": "250ms", "duration_seconds": duration}}),
+    )
+    .await;
+    wait_for(
+        "samples reaching VictoriaMetrics",
+        Duration::from_secs(30),
+        || async {
+            (metric(&metrics, "phoenix_exporter_samples_sent_total").await? > 0.0).then_some(())
+        },
+    )
+    .await;
+
+    let data = vm.stop();
+    wait_for(
+        "remote write piling up on disk",
+        Duration::from_secs(30),
+        || async {
+            (metric(
+                &metrics,
+                "phoenix_agent_remote_write_buffer_pending_records",
+            )
+            .await?
+                >= 3.0)
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(outage()).await;
+    let vm = Victoria::start(vm_port, &data);
+    vm.ready().await;
+
+    // The load ends at its deadline; then the buffer drains.
+    let loadsim_done = wait_for(
+        "the load simulation over",
+        Duration::from_secs(60),
+        || async {
+            let all = tasks(&api).await;
+            all.iter()
+                .any(|t| t["type"] == "loadsim" && t["status"] == "completed")
+                .then_some(())
+        },
+    );
+    loadsim_done.await;
+    let queued = wait_for("the buffer drained", Duration::from_secs(60), || async {
+        let pending = metric(
+            &metrics,
+            "phoenix_agent_remote_write_buffer_pending_records",
+        )
+        .await?;
+        let queued = metric(&metrics, "phoenix_agent_remote_write_queued_samples_total").await?;
+        let sent = metric(&metrics, "phoenix_exporter_samples_sent_total").await?;
+        (pending == 0.0 && sent == queued).then_some(queued)
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "phoenix_agent_remote_write_buffer_dropped_samples_total"
+        )
+        .await,
+        Some(0.0)
+    );
+    let (series, samples) = wait_for(
+        "VictoriaMetrics holding every sample",
+        Duration::from_secs(30),
+        || async {
+            let (series, samples) = vm.counts().await;
+            (samples as f64 >= queued).then_some((series, samples))
+        },
+    )
+    .await;
+    assert_eq!(
+        samples as f64, queued,
+        "VictoriaMetrics holds {samples} samples, the agent sent {queued}"
+    );
+    assert!(series > 0);
+    assert_eq!(agent.terminate(), Some(0), "{}", agent.log_text());
+}
