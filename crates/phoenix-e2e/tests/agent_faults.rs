@@ -520,3 +520,166 @@ async fn victoria_metrics_outage_is_buffered_on_disk_and_every_sample_arrives() 
     assert!(series > 0);
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log_text());
 }
+
+/// A private PostgreSQL cluster in a temporary directory (never the machine's shared
+/// one), run as the `postgres` user when the tests run as root (initdb refuses root).
+struct PrivatePostgres {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    const BIN: &'static str = "/usr/lib/postgresql/15/bin";
+
+    fn as_postgres(program: &str) -> std::process::Command {
+        let is_root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let path = format!("{}/{program}", Self::BIN);
+        if is_root {
+            let mut cmd = std::process::Command::new("runuser");
+            cmd.args(["-u", "postgres", "--", &path]);
+            cmd
+        } else {
+            std::process::Command::new(path)
+        }
+    }
+
+    fn run(mut cmd: std::process::Command, what: &str) {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            out.status.success(),
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn create(parent: &std::path::Path) -> Self {
+        assert!(
+            std::path::Path::new(Self::BIN).join("initdb").exists(),
+            "PostgreSQL 15 server binaries missing: apt-get install postgresql-15"
+        );
+        let dir = parent.join("pg");
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(parent)
+            .status();
+        let mut initdb = Self::as_postgres("initdb");
+        initdb
+            .arg("-D")
+            .arg(dir.join("data"))
+            .args(["-A", "trust", "-U", "postgres", "--no-sync"]);
+        Self::run(initdb, "initdb");
+        let pg = Self {
+            dir,
+            port: free_port(),
+        };
+        pg.start();
+        pg
+    }
+
+    fn start(&self) {
+        let mut ctl = Self::as_postgres("pg_ctl");
+        ctl.arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .arg("-o")
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                self.port,
+                self.dir.display()
+            ))
+            .args(["-w", "start"]);
+        Self::run(ctl, "pg_ctl start");
+    }
+
+    fn stop(&self, mode: &str) {
+        let mut ctl = Self::as_postgres("pg_ctl");
+        ctl.arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", mode, "-w", "stop"]);
+        Self::run(ctl, "pg_ctl stop");
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let mut ctl = Self::as_postgres("pg_ctl");
+        ctl.arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"]);
+        let _ = ctl.output();
+    }
+}
+
+async fn enqueue_with_retry(api: &ApiProcess, task: Value) -> String {
+    wait_for("the task accepted", Duration::from_secs(60), || {
+        let task = task.clone();
+        async move {
+            let response = reqwest::Client::new()
+                .post(format!("{}/api/v1/tasks", api.base()))
+                .json(&task)
+                .send()
+                .await
+                .ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            let body: Value = response.json().await.ok()?;
+            body["task"]["id"].as_str().map(str::to_string)
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_under_long_polling_agents_loses_and_doubles_no_task() {
+    let dir = TempDir::new("phoenix-e2e-pg");
+    let pg = PrivatePostgres::create(dir.path());
+    let api = ApiProcess::start(&pg.url(), &[("PHOENIX_AGENT_HEARTBEAT_INTERVAL", "500ms")]).await;
+    let agents: Vec<AgentProcess> = (1..=2)
+        .map(|i| {
+            AgentProcess::start(AgentOptions::new(
+                &api.base(),
+                &format!("pg-agent-{i}"),
+                &dir.path().join(format!("agent-{i}")),
+            ))
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for round in 0..6 {
+        ids.push(enqueue(&api, json!({"type": "health", "payload": {"round": round}})).await);
+    }
+    // Restart while the agents hold long-polls on the API.
+    pg.stop("fast");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.start();
+    for round in 6..12 {
+        ids.push(
+            enqueue_with_retry(&api, json!({"type": "health", "payload": {"round": round}})).await,
+        );
+    }
+    for id in &ids {
+        let t = wait_for("the task completed", Duration::from_secs(60), || async {
+            task(&api, id).await.filter(|t| t["status"] == "completed")
+        })
+        .await;
+        assert_eq!(t["attempts"], 1, "claimed twice: {t}");
+    }
+    let refs: Vec<&AgentProcess> = agents.iter().collect();
+    assert_no_task_ran_twice(&refs);
+    let executed: BTreeSet<String> = refs.iter().flat_map(|a| a.executed_task_ids()).collect();
+    let queued: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(executed, queued);
+    drop(agents);
+    drop(api);
+}
