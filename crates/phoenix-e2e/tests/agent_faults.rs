@@ -683,3 +683,78 @@ async fn postgres_restart_under_long_polling_agents_loses_and_doubles_no_task() 
     drop(agents);
     drop(api);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tasks_fail_with_a_reason_and_the_running_pipeline_stays() {
+    let dir = TempDir::new("phoenix-e2e-bad");
+    let (api, _db) = api_on_sqlite(dir.path(), &[]).await;
+    let agent = AgentProcess::start(
+        AgentOptions::new(&api.base(), "bad-agent", &dir.path().join("agent"))
+            .pipeline("pipelines: {main: {}}\n"),
+    );
+    let experiment = start_experiment(&api, &["bad-agent"], 600).await;
+    let candidate_processors = || async {
+        let fleet = get(format!("{}/api/v1/fleet/status", api.base())).await?;
+        let agent = fleet["agents"].as_array()?.first()?.clone();
+        agent["running_pipelines"]
+            .as_array()?
+            .iter()
+            .find(|p| p["variant"] == "candidate")
+            .map(|p| p["processors"].clone())
+    };
+    wait_for(
+        "the candidate running",
+        Duration::from_secs(30),
+        candidate_processors,
+    )
+    .await;
+
+    let bad_deploy = enqueue(
+        &api,
+        json!({"type": "deployment", "host_id": "bad-agent", "payload": {
+            "experiment_id": experiment, "baseline_pipeline": "baseline",
+            "candidate_pipeline": "processors: [{type: topk, k: 0}]"}}),
+    )
+    .await;
+    let bad_loadsim = enqueue(
+        &api,
+        json!({"type": "loadsim", "host_id": "bad-agent", "payload": {"profile": "mainframe"}}),
+    )
+    .await;
+    let health = enqueue(&api, json!({"type": "health", "host_id": "bad-agent"})).await;
+    let finished = |id: String| {
+        let api = &api;
+        async move {
+            wait_for("the task finished", Duration::from_secs(30), || async {
+                task(api, &id)
+                    .await
+                    .filter(|t| t["status"] == "completed" || t["status"] == "failed")
+            })
+            .await
+        }
+    };
+    let t = finished(bad_deploy).await;
+    assert_eq!(t["status"], "failed", "{t}");
+    assert!(t["error"].as_str().unwrap().contains("topk.k"), "{t}");
+    let t = finished(bad_loadsim).await;
+    assert_eq!(t["status"], "failed", "{t}");
+    assert!(
+        t["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid loadsim payload"),
+        "{t}"
+    );
+    let t = finished(health).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["result"]["status"], "ok", "{t}");
+    // The experiment's candidate still runs as deployed.
+    let processors = wait_for(
+        "the fleet view",
+        Duration::from_secs(10),
+        candidate_processors,
+    )
+    .await;
+    assert_eq!(processors, json!(["adaptive"]));
+    assert!(agent.log_text().contains("task failed"));
+}
