@@ -630,3 +630,80 @@ fn spawn_simulator_from(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use phoenix_pipeline::simulator::Profile;
+
+    async fn batches_within(sup: &mut Supervisor) -> Vec<KpiBatch> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let batches = sup.finish_interval(None).await.unwrap();
+            if !batches.is_empty() {
+                return batches;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no KPIs");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_interval_is_attributed_to_the_layout_that_produced_it_and_bad_layouts_change_nothing(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let base = Base::empty();
+        let mut sup = Supervisor::start(
+            base.clone(),
+            base.steady(),
+            SupervisorOptions {
+                remote_write_dir: dir.path().join("rw"),
+                remote_write_max_bytes: 1 << 20,
+                metrics_listen: None,
+            },
+            Arc::new(AgentMetrics::default()),
+        )
+        .await
+        .unwrap();
+        let mut sim = SimulatorConfig::new(Profile::App, 7);
+        sim.scale = 0.1;
+        sim.interval = Duration::from_millis(20);
+        sup.start_loadsim(sim, None);
+        let steady = batches_within(&mut sup).await;
+        assert!(steady
+            .iter()
+            .all(|b| b.experiment_id.is_none() && b.variant == Variant::Baseline));
+
+        let experiment_id = ExperimentId::new();
+        let adaptive = phoenix_pipeline::templates::resolve("adaptive", &Value::Null).unwrap();
+        let layout = Layout::Experiment {
+            experiment_id,
+            baseline: PipelineConfig::default(),
+            candidate: adaptive,
+            variants: RunVariants::Both,
+        };
+        let closed = sup.apply(layout.clone(), None).await.unwrap();
+        assert!(closed.iter().all(|b| b.experiment_id.is_none()));
+        let during = batches_within(&mut sup).await;
+        let variants: Vec<Variant> = during.iter().map(|b| b.variant).collect();
+        assert_eq!(variants, [Variant::Baseline, Variant::Candidate]);
+        assert!(during
+            .iter()
+            .all(|b| b.experiment_id == Some(experiment_id)));
+
+        let broken: PipelineConfig =
+            serde_yaml::from_str("processors: [{type: topk, k: 0}]").unwrap();
+        let bad = Layout::Experiment {
+            experiment_id,
+            baseline: PipelineConfig::default(),
+            candidate: broken,
+            variants: RunVariants::Both,
+        };
+        let err = sup.apply(bad, None).await.unwrap_err().to_string();
+        assert!(err.contains("topk.k"), "{err}");
+        assert_eq!(sup.layout(), &layout);
+        let after = batches_within(&mut sup).await;
+        assert!(after.iter().all(|b| b.experiment_id == Some(experiment_id)));
+        sup.shutdown(None, Duration::from_millis(10)).await;
+    }
+}

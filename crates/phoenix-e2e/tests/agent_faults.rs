@@ -350,6 +350,22 @@ struct Victoria {
 impl Victoria {
     fn start(port: u16, data: &std::path::Path) -> Self {
         let binary = "/usr/bin/victoria-metrics";
+        if !std::path::Path::new(binary).exists() {
+            // A fresh CI machine: install the Debian package (as the pipeline's peer tests do).
+            let install = || {
+                std::process::Command::new("apt-get")
+                    .args(["install", "-y", "-qq", "victoria-metrics"])
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            if !install() {
+                let _ = std::process::Command::new("apt-get")
+                    .args(["update", "-qq"])
+                    .status();
+                install();
+            }
+        }
         assert!(
             std::path::Path::new(binary).exists(),
             "{binary} missing: apt-get install victoria-metrics"
