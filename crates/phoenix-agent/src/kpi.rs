@@ -189,9 +189,12 @@ pub async fn run_sender(
 ) {
     loop {
         let mut batch_records = Vec::new();
+        let mut read_any = false;
+        let mut read_failed = false;
         loop {
             match queue.next() {
                 Ok(Some(record)) => {
+                    read_any = true;
                     match serde_json::from_slice::<KpiBatch>(&record) {
                         Ok(b) => batch_records.push(b),
                         Err(e) => {
@@ -206,19 +209,25 @@ pub async fn run_sender(
                 Ok(None) => break,
                 Err(e) => {
                     tracing::error!(error = %e, "kpi buffer unreadable");
+                    read_failed = true;
                     break;
                 }
             }
         }
         if batch_records.is_empty() {
-            if queue.pending_records() > 0 {
+            if read_any {
                 // Only undecodable records were read: commit them away.
                 let _ = queue.commit();
                 continue;
             }
+            let idle = if read_failed {
+                Duration::from_secs(5)
+            } else {
+                Duration::from_secs(1)
+            };
             tokio::select! {
-                _ = queue.wait() => continue,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                _ = queue.wait(), if !read_failed => continue,
+                _ = tokio::time::sleep(idle) => continue,
                 _ = cancel.cancelled() => return,
             }
         }

@@ -892,6 +892,11 @@ pub async fn run(
         path: data_dir.clone(),
         source,
     })?;
+    {
+        // Credentials and buffers: readable by the agent's user only.
+        use std::os::unix::fs::PermissionsExt as _;
+        let _ = std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700));
+    }
     let host = settings.host_id()?;
     let base = match &settings.pipeline_config {
         Some(path) => {

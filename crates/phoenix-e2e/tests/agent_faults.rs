@@ -201,12 +201,21 @@ async fn agents_buffer_kpis_while_the_api_is_down_and_deliver_every_batch_after(
     let (api, db) = api_on_sqlite(dir.path(), &[]).await;
     let port = api.port;
     let db_url = format!("sqlite://{}", db.display());
+    let metrics: Vec<String> = (1..=2)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
     let mut agents: Vec<AgentProcess> = (1..=2)
         .map(|i| {
-            let metrics = format!("127.0.0.1:{}", free_port());
             AgentProcess::start(
-                AgentOptions::new(&api.base(), &format!("outage-{i}"), &dir.path().join(format!("agent-{i}")))
-                    .pipeline(&format!("pipelines: {{main: {{}}}}\nexporters: {{prometheus: {{listen: \"{metrics}\"}}}}\n")),
+                AgentOptions::new(
+                    &api.base(),
+                    &format!("outage-{i}"),
+                    &dir.path().join(format!("agent-{i}")),
+                )
+                .pipeline(&format!(
+                    "pipelines: {{main: {{}}}}\nexporters: {{prometheus: {{listen: \"{}\"}}}}\n",
+                    metrics[i - 1]
+                )),
             )
         })
         .collect();
@@ -227,9 +236,16 @@ async fn agents_buffer_kpis_while_the_api_is_down_and_deliver_every_batch_after(
     let down_for = outage();
     tokio::time::sleep(down_for).await;
     // Batches piled up on disk while the API was gone.
-    for agent in &agents {
-        let pending = agent.log_events("kpi batch queued").len();
-        assert!(pending > 0);
+    for address in &metrics {
+        wait_for(
+            "KPI batches buffered on disk",
+            Duration::from_secs(30),
+            || async {
+                (metric(address, "phoenix_agent_kpi_buffer_pending_records").await? >= 3.0)
+                    .then_some(())
+            },
+        )
+        .await;
     }
     let queued_during_outage: usize = agents.iter().map(|a| a.queued_batch_ids().len()).sum();
     let api = ApiProcess::start_on(
