@@ -403,3 +403,20 @@ pub async fn api_on_sqlite(
     env.extend_from_slice(extra_env);
     (ApiProcess::start(&url, &env).await, db)
 }
+
+/// Messages of the agent log entries stored by an API on SQLite at `db_path` for `host`.
+pub async fn stored_log_messages(db_path: &std::path::Path, host: &str) -> Vec<String> {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}?mode=ro", db_path.display());
+    let Ok(mut conn) = sqlx::SqliteConnection::connect(&url).await else {
+        return Vec::new();
+    };
+    sqlx::query_as::<_, (String,)>("SELECT message FROM agent_logs WHERE host_id = ?1")
+        .bind(host)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(m,)| m)
+        .collect()
+}

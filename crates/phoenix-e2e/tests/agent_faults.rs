@@ -719,7 +719,7 @@ async fn postgres_restart_under_long_polling_agents_loses_and_doubles_no_task() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tasks_fail_with_a_reason_and_the_running_pipeline_stays() {
     let dir = TempDir::new("phoenix-e2e-bad");
-    let (api, _db) = api_on_sqlite(dir.path(), &[]).await;
+    let (api, db) = api_on_sqlite(dir.path(), &[]).await;
     let agent = AgentProcess::start(
         AgentOptions::new(&api.base(), "bad-agent", &dir.path().join("agent"))
             .pipeline("pipelines: {main: {}}\n"),
@@ -789,4 +789,14 @@ async fn bad_tasks_fail_with_a_reason_and_the_running_pipeline_stays() {
     .await;
     assert_eq!(processors, json!(["adaptive"]));
     assert!(agent.log_text().contains("task failed"));
+    // The agent's warnings reach the API's log store.
+    wait_for(
+        "the failures shipped to the API",
+        Duration::from_secs(30),
+        || async {
+            let messages = phoenix_e2e::stored_log_messages(&db, "bad-agent").await;
+            (messages.iter().filter(|m| *m == "task failed").count() >= 2).then_some(())
+        },
+    )
+    .await;
 }
