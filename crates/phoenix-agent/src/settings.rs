@@ -261,6 +261,14 @@ impl Settings {
 mod tests {
     use super::*;
 
+    /// Settings read the process environment: tests that load them take turns (under
+    /// `cargo test` they share one process).
+    static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn env_lock() -> std::sync::MutexGuard<'static, ()> {
+        ENV.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn flags(pairs: &[(&str, serde_json::Value)]) -> serde_json::Map<String, serde_json::Value> {
         pairs
             .iter()
@@ -270,6 +278,7 @@ mod tests {
 
     #[test]
     fn file_values_are_overridden_by_flags() {
+        let _env = env_lock();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.yaml");
         std::fs::write(
@@ -287,6 +296,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_key_at_fault() {
+        let _env = env_lock();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.yaml");
         for (text, key) in [
@@ -312,7 +322,31 @@ mod tests {
     }
 
     #[test]
+    fn environment_overrides_the_file_and_flags_override_both() {
+        let _env = env_lock();
+        // nextest runs each test in its own process: the variables stay here.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "api_url: http://file:8080\nkpi_interval: 30s\n").unwrap();
+        std::env::set_var("PHOENIX_AGENT_KPI_INTERVAL", "2s");
+        std::env::set_var("PHOENIX_AGENT_API_URL", "http://env:8080");
+        std::env::set_var("PHOENIX_AGENT_LABELS", "{namespace=shop}");
+        let s = Settings::load(
+            Some(&path),
+            &flags(&[("api_url", "http://flag:8080".into())]),
+        );
+        std::env::remove_var("PHOENIX_AGENT_KPI_INTERVAL");
+        std::env::remove_var("PHOENIX_AGENT_API_URL");
+        std::env::remove_var("PHOENIX_AGENT_LABELS");
+        let s = s.unwrap();
+        assert_eq!(s.kpi_interval, Duration::from_secs(2));
+        assert_eq!(s.api_url, "http://flag:8080");
+        assert_eq!(s.labels["namespace"], "shop");
+    }
+
+    #[test]
     fn a_missing_file_is_an_error_naming_it() {
+        let _env = env_lock();
         let err = Settings::load(
             Some(Path::new("/nonexistent/agent.yaml")),
             &Default::default(),

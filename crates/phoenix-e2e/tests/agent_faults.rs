@@ -800,3 +800,99 @@ async fn bad_tasks_fail_with_a_reason_and_the_running_pipeline_stays() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_mode_promotion_and_rollback_change_what_runs_on_the_host() {
+    let dir = TempDir::new("phoenix-e2e-split");
+    let (api, _db) = api_on_sqlite(dir.path(), &[]).await;
+    let _agent = AgentProcess::start(
+        AgentOptions::new(&api.base(), "split-agent", &dir.path().join("agent"))
+            .pipeline("pipelines: {main: {}}\n")
+            .env("PHOENIX_AGENT_LABELS", "{cluster=eu-1}"),
+    );
+    let running = || async {
+        let fleet = get(format!("{}/api/v1/fleet/status", api.base())).await?;
+        let agent = fleet["agents"].as_array()?.first()?.clone();
+        let names: Vec<String> = agent["running_pipelines"]
+            .as_array()?
+            .iter()
+            .filter(|p| p.get("live").is_some())
+            .map(|p| {
+                format!(
+                    "{}{}",
+                    p["name"].as_str().unwrap_or(""),
+                    if p["live"] == true { "*" } else { "" }
+                )
+            })
+            .collect();
+        Some((names, agent["labels"].clone()))
+    };
+    let exp = post(
+        format!("{}/api/v1/experiments", api.base()),
+        json!({"name": "split", "baseline_pipeline": "baseline", "candidate_pipeline": "topk",
+               "target_hosts": ["split-agent"], "mode": "split", "candidate_share_percent": 50,
+               "duration_seconds": 600}),
+    )
+    .await;
+    let id = exp["id"].as_str().unwrap().to_string();
+    post(
+        format!("{}/api/v1/experiments/{id}/start", api.base()),
+        json!({}),
+    )
+    .await;
+    // Split mode: the host runs the one variant the API assigned it, nothing else.
+    let labels = wait_for("one variant running", Duration::from_secs(30), || async {
+        let (names, labels) = running().await?;
+        (names == ["candidate*"] || names == ["baseline*"]).then_some(labels)
+    })
+    .await;
+    assert_eq!(labels, json!({"cluster": "eu-1"}));
+
+    let promote = enqueue(
+        &api,
+        json!({"type": "experiment", "host_id": "split-agent",
+               "payload": {"action": "promote", "experiment_id": id}}),
+    )
+    .await;
+    wait_for(
+        "the candidate promoted",
+        Duration::from_secs(30),
+        || async {
+            let t = task(&api, &promote).await?;
+            let (names, _) = running().await?;
+            (t["status"] == "completed" && names == ["live*"]).then_some(())
+        },
+    )
+    .await;
+    let start = tasks(&api)
+        .await
+        .into_iter()
+        .find(|t| t["payload"]["action"] == "start")
+        .unwrap();
+    assert_eq!(start["result"]["outcome"], "promoted", "{start}");
+
+    post(
+        format!("{}/api/v1/experiments/{id}/rollback", api.base()),
+        json!({}),
+    )
+    .await;
+    wait_for(
+        "the promotion rolled back",
+        Duration::from_secs(30),
+        || async {
+            let (names, _) = running().await?;
+            (names == ["main*"]).then_some(())
+        },
+    )
+    .await;
+    let rollback = tasks(&api)
+        .await
+        .into_iter()
+        .find(|t| t["payload"]["action"] == "rollback")
+        .unwrap();
+    assert_eq!(rollback["status"], "completed", "{rollback}");
+    assert_eq!(
+        rollback["result"]["outcome"], "promotion_rolled_back",
+        "{rollback}"
+    );
+}
