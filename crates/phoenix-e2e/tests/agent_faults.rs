@@ -561,7 +561,23 @@ struct PrivatePostgres {
 }
 
 impl PrivatePostgres {
-    const BIN: &'static str = "/usr/lib/postgresql/15/bin";
+    /// The newest installed server's binaries (`/usr/lib/postgresql/<version>/bin`).
+    fn bin_dir() -> std::path::PathBuf {
+        let mut versions: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+                let bin = e.path().join("bin");
+                bin.join("initdb").exists().then_some((version, bin))
+            })
+            .collect();
+        versions.sort();
+        versions.pop().map(|(_, bin)| bin).expect(
+            "no PostgreSQL server binaries under /usr/lib/postgresql: apt-get install postgresql",
+        )
+    }
 
     fn as_postgres(program: &str) -> std::process::Command {
         let is_root = std::process::Command::new("id")
@@ -569,10 +585,10 @@ impl PrivatePostgres {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
             .unwrap_or(false);
-        let path = format!("{}/{program}", Self::BIN);
+        let path = Self::bin_dir().join(program);
         if is_root {
             let mut cmd = std::process::Command::new("runuser");
-            cmd.args(["-u", "postgres", "--", &path]);
+            cmd.args(["-u", "postgres", "--"]).arg(&path);
             cmd
         } else {
             std::process::Command::new(path)
@@ -590,10 +606,6 @@ impl PrivatePostgres {
     }
 
     fn create(parent: &std::path::Path) -> Self {
-        assert!(
-            std::path::Path::new(Self::BIN).join("initdb").exists(),
-            "PostgreSQL 15 server binaries missing: apt-get install postgresql-15"
-        );
         let dir = parent.join("pg");
         std::fs::create_dir_all(&dir).unwrap();
         let _ = std::process::Command::new("chown")
