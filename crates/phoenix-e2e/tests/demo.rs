@@ -68,7 +68,8 @@ async fn seeded_demo_experiment_can_be_started_stopped_and_listed() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `scripts/demo --once` with the debug binaries, a small load and a short experiment: the
+/// `scripts/demo --once` with the debug binaries, a small load (the `app` profile: debug
+/// builds are too slow for the k8s one on a busy CI machine) and a short experiment: the
 /// API, three agents and the experiment start, the agents report both variants, and every
 /// agent finishes the experiment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,9 +83,12 @@ async fn demo_script_runs_an_experiment_on_three_agents_and_shows_the_reduction(
         .env("PHOENIX_DEMO_NO_BUILD", "1")
         .env("PHOENIX_DEMO_PORT", phoenix_e2e::free_port().to_string())
         .env("PHOENIX_DEMO_DATA", &data)
-        .env("PHOENIX_DEMO_SECONDS", "6")
+        .env("PHOENIX_DEMO_SECONDS", "8")
+        .env("PHOENIX_DEMO_KPI_INTERVAL", "1s")
+        .env("PHOENIX_DEMO_REFRESH", "1")
+        .env("PHOENIX_DEMO_PROFILE", "app")
         .env("PHOENIX_DEMO_SCALE", "0.2")
-        .env("PHOENIX_DEMO_TICK", "2s")
+        .env("PHOENIX_DEMO_TICK", "1s")
         .output()
         .await
         .unwrap();
