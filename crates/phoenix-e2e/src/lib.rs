@@ -51,7 +51,11 @@ pub struct ApiProcess {
 impl ApiProcess {
     /// Start `phoenix-api` on `database_url` and wait until `/ready` answers.
     pub async fn start(database_url: &str, extra_env: &[(&str, &str)]) -> Self {
-        let port = free_port();
+        Self::start_on(free_port(), database_url, extra_env).await
+    }
+
+    /// Like [`ApiProcess::start`] on a given port (to restart an API where agents expect it).
+    pub async fn start_on(port: u16, database_url: &str, extra_env: &[(&str, &str)]) -> Self {
         let log = std::env::temp_dir().join(format!(
             "phoenix-e2e-api-{port}-{}.log",
             uuid::Uuid::new_v4()
@@ -157,4 +161,262 @@ impl PgDatabase {
             .await;
         }
     }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics with `what` after `within`.
+pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends a signal to a process with the `kill` command (`STOP`, `CONT`, `TERM`, `KILL`).
+pub fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{sig} {pid} failed");
+}
+
+/// A running `phoenix-agent agent` process; killed on drop.
+#[derive(Debug)]
+pub struct AgentProcess {
+    pub child: Child,
+    pub host_id: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+/// Settings for [`AgentProcess::start`].
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub api_base: String,
+    pub host_id: String,
+    pub data_dir: PathBuf,
+    /// Pipeline file contents (written next to the data directory), if any.
+    pub pipeline_yaml: Option<String>,
+    /// Extra `PHOENIX_AGENT_*` (or other) variables.
+    pub env: Vec<(String, String)>,
+}
+
+impl AgentOptions {
+    pub fn new(api_base: &str, host_id: &str, data_dir: &std::path::Path) -> Self {
+        Self {
+            api_base: api_base.to_string(),
+            host_id: host_id.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            pipeline_yaml: None,
+            env: Vec::new(),
+        }
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn pipeline(mut self, yaml: &str) -> Self {
+        self.pipeline_yaml = Some(yaml.to_string());
+        self
+    }
+}
+
+impl AgentProcess {
+    /// Starts an agent with short intervals (KPIs every second, heartbeats every 500 ms).
+    pub fn start(options: AgentOptions) -> Self {
+        std::fs::create_dir_all(&options.data_dir).unwrap();
+        let mut env: Vec<(String, String)> = vec![
+            ("PHOENIX_AGENT_API_URL".into(), options.api_base.clone()),
+            ("PHOENIX_AGENT_HOST_ID".into(), options.host_id.clone()),
+            ("PHOENIX_AGENT_ENROLLMENT_TOKEN".into(), ENROLL_TOKEN.into()),
+            (
+                "PHOENIX_AGENT_DATA_DIR".into(),
+                options.data_dir.display().to_string(),
+            ),
+            ("PHOENIX_AGENT_POLL_INTERVAL".into(), "5s".into()),
+            ("PHOENIX_AGENT_HEARTBEAT_INTERVAL".into(), "500ms".into()),
+            ("PHOENIX_AGENT_KPI_INTERVAL".into(), "1s".into()),
+            ("PHOENIX_AGENT_MIN_BACKOFF".into(), "100ms".into()),
+            ("PHOENIX_AGENT_MAX_BACKOFF".into(), "1s".into()),
+            ("PHOENIX_AGENT_BREAKER_COOLDOWN".into(), "1s".into()),
+            (
+                "PHOENIX_AGENT_LOG_LEVEL".into(),
+                "phoenix_agent=debug,info".into(),
+            ),
+        ];
+        if let Some(yaml) = &options.pipeline_yaml {
+            let path = options.data_dir.with_extension("pipeline.yaml");
+            std::fs::write(&path, yaml).unwrap();
+            env.push((
+                "PHOENIX_AGENT_PIPELINE_CONFIG".into(),
+                path.display().to_string(),
+            ));
+        }
+        env.extend(options.env.iter().cloned());
+        let log = options.data_dir.with_extension("log");
+        let child = spawn_agent(&env, &log);
+        AgentProcess {
+            child,
+            host_id: options.host_id.clone(),
+            data_dir: options.data_dir.clone(),
+            log,
+            env,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`, then wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the same agent again (same data directory), after [`Self::kill9`] or exit.
+    pub fn restart(&mut self) {
+        self.child = spawn_agent(&self.env, &self.log);
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        signal(self.pid(), "TERM");
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+
+    /// The agent's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log lines (JSON) whose message is `message`.
+    pub fn log_events(&self, message: &str) -> Vec<serde_json::Value> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == message)
+            .collect()
+    }
+
+    /// Ids of the KPI batches this agent queued (from its log).
+    pub fn queued_batch_ids(&self) -> Vec<String> {
+        self.log_events("kpi batch queued")
+            .iter()
+            .filter_map(|v| v["fields"]["batch_id"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// Ids of the tasks this agent executed (from its log), with repeats.
+    pub fn executed_task_ids(&self) -> Vec<String> {
+        self.log_events("task executing")
+            .iter()
+            .filter_map(|v| v["fields"]["task_id"].as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+fn spawn_agent(env: &[(String, String)], log: &std::path::Path) -> Child {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut cmd = Command::new(bin("phoenix-agent"));
+    cmd.arg("agent").stdout(Stdio::null()).stderr(log_file);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// KPI batch ids stored by an API on SQLite at `db_path`, per host.
+pub async fn stored_batch_ids(db_path: &std::path::Path) -> Vec<(String, String)> {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}?mode=ro", db_path.display());
+    let Ok(mut conn) = sqlx::SqliteConnection::connect(&url).await else {
+        return Vec::new();
+    };
+    sqlx::query_as::<_, (String, String)>("SELECT batch_id, host_id FROM kpi_batches")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_default()
+}
+
+/// A temporary directory for one test, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("PHOENIX_E2E_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Starts an API on SQLite in `dir` with short leases and heartbeat expectations.
+pub async fn api_on_sqlite(
+    dir: &std::path::Path,
+    extra_env: &[(&str, &str)],
+) -> (ApiProcess, PathBuf) {
+    let db = dir.join("phoenix.db");
+    let url = format!("sqlite://{}", db.display());
+    let mut env: Vec<(&str, &str)> = vec![
+        ("PHOENIX_AGENT_HEARTBEAT_INTERVAL", "500ms"),
+        ("PHOENIX_LEASE_CHECK_INTERVAL", "200ms"),
+    ];
+    env.extend_from_slice(extra_env);
+    (ApiProcess::start(&url, &env).await, db)
+}
+
+/// Messages of the agent log entries stored by an API on SQLite at `db_path` for `host`.
+pub async fn stored_log_messages(db_path: &std::path::Path, host: &str) -> Vec<String> {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}?mode=ro", db_path.display());
+    let Ok(mut conn) = sqlx::SqliteConnection::connect(&url).await else {
+        return Vec::new();
+    };
+    sqlx::query_as::<_, (String,)>("SELECT message FROM agent_logs WHERE host_id = ?1")
+        .bind(host)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(m,)| m)
+        .collect()
 }

@@ -67,3 +67,54 @@ async fn seeded_demo_experiment_can_be_started_stopped_and_listed() {
     drop(api);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `scripts/demo --once` with the debug binaries, a small load (the `app` profile: debug
+/// builds are too slow for the k8s one on a busy CI machine) and a short experiment: the
+/// API, three agents and the experiment start, the agents report both variants, and every
+/// agent finishes the experiment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_script_runs_an_experiment_on_three_agents_and_shows_the_reduction() {
+    let data =
+        std::env::temp_dir().join(format!("phoenix-e2e-demo-script-{}", uuid::Uuid::new_v4()));
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/demo");
+    let output = tokio::process::Command::new(script)
+        .arg("--once")
+        .env("PHOENIX_BIN_DIR", phoenix_e2e::bin_dir())
+        .env("PHOENIX_DEMO_NO_BUILD", "1")
+        .env("PHOENIX_DEMO_PORT", phoenix_e2e::free_port().to_string())
+        .env("PHOENIX_DEMO_DATA", &data)
+        .env("PHOENIX_DEMO_SECONDS", "8")
+        .env("PHOENIX_DEMO_KPI_INTERVAL", "1s")
+        .env("PHOENIX_DEMO_REFRESH", "1")
+        .env("PHOENIX_DEMO_PROFILE", "app")
+        .env("PHOENIX_DEMO_SCALE", "0.2")
+        .env("PHOENIX_DEMO_TICK", "1s")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("experiment over on every agent"),
+        "{stdout}"
+    );
+    for host in ["demo-agent-1", "demo-agent-2", "demo-agent-3"] {
+        assert!(
+            stdout.contains(&format!("{host}: completed")),
+            "{host} did not finish:\n{stdout}"
+        );
+    }
+    let summary = stdout
+        .lines()
+        .find(|l| l.contains("adaptive vs baseline on 3 agents"))
+        .unwrap_or_else(|| panic!("no reduction summary:\n{stdout}"));
+    let reduction: f64 = summary
+        .split("reduction ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|r| r.parse().ok())
+        .unwrap();
+    assert!(reduction > 20.0, "{summary}");
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -22,3 +22,4 @@ pub mod scrape;
 pub mod selector;
 pub mod simulator;
 pub mod telemetry;
+pub mod templates;
