@@ -514,10 +514,85 @@ impl Service {
             e.push("error", "must be at most 8192 bytes");
         }
         e.into_result()?;
-        Ok(batched(
+        let task = batched(
             self.reports.call((id, host.clone(), update)).await,
             "status report",
-        )?)
+        )?;
+        self.follow_experiment_task(&task).await;
+        Ok(task)
+    }
+
+    /// Move an experiment on when its targets report: `initializing → running` once every
+    /// target runs its A/B (its `start` task is running or done), `→ failed` with the host and
+    /// the reason when a target's deployment or start task fails. A move the state machine
+    /// refuses (the experiment moved on meanwhile) is not an error. The full orchestration
+    /// (analysis at the end of the duration, guardrails) belongs to the experiment scheduler.
+    async fn follow_experiment_task(&self, task: &Task) {
+        let Some(experiment_id) = task.experiment_id else {
+            return;
+        };
+        let is_start = task.task_type == TaskType::Experiment
+            && task.payload.get("action").and_then(|a| a.as_str()) == Some("start");
+        if !is_start && task.task_type != TaskType::Deployment {
+            return;
+        }
+        let command = match task.status {
+            TaskStatus::Failed => ExperimentCommand::Fail {
+                reason: format!(
+                    "host {}: {} task failed: {}",
+                    task.assigned_to.as_ref().map_or("?", HostId::as_str),
+                    task.task_type.as_str(),
+                    task.error.as_deref().unwrap_or("no reason given")
+                ),
+            },
+            TaskStatus::Running | TaskStatus::Completed if is_start => {
+                match self.all_targets_started(experiment_id).await {
+                    Ok(true) => ExperimentCommand::MarkRunning,
+                    Ok(false) => return,
+                    Err(e) => {
+                        tracing::warn!(experiment_id = %experiment_id, error = %e,
+                            "cannot check the experiment's start tasks");
+                        return;
+                    }
+                }
+            }
+            _ => return,
+        };
+        match self.transition(experiment_id, command, &[]).await {
+            Ok(_) => {}
+            Err(ServiceError::Store(StoreError::Transition(e))) => {
+                tracing::debug!(experiment_id = %experiment_id, error = %e,
+                    "experiment already moved on");
+            }
+            Err(e) => {
+                tracing::warn!(experiment_id = %experiment_id, error = %e,
+                    "cannot move the experiment after a task report");
+            }
+        }
+    }
+
+    /// Whether every `start` task of the experiment is running or completed.
+    async fn all_targets_started(&self, experiment_id: ExperimentId) -> ServiceResult<bool> {
+        let page = self
+            .store
+            .list_tasks(&TaskQuery {
+                experiment_id: Some(experiment_id),
+                limit: 10_000,
+                ..TaskQuery::default()
+            })
+            .await?;
+        let starts: Vec<&Task> = page
+            .items
+            .iter()
+            .filter(|t| {
+                t.task_type == TaskType::Experiment
+                    && t.payload.get("action").and_then(|a| a.as_str()) == Some("start")
+            })
+            .collect();
+        Ok(!starts.is_empty()
+            && starts
+                .iter()
+                .all(|t| matches!(t.status, TaskStatus::Running | TaskStatus::Completed)))
     }
 
     /// Return lapsed leases to the queue and wake whoever can take them; wake hosts whose
@@ -533,6 +608,7 @@ impl Service {
                 self.waiters.wake_for(t.host_id.as_ref());
             }
             tracing::warn!(task_id = %t.id, status = %t.status, error = ?t.error, "task lease expired");
+            self.follow_experiment_task(t).await;
         }
         for host in self.store.hosts_with_tasks_due(last_tick, now).await? {
             self.waiters.wake_for(host.as_ref());

@@ -39,7 +39,93 @@ on_both_backends!(
     illegal_phase_moves_answer_409_with_the_current_phase,
     list_filters_by_phase_and_paginates,
     run_shaping_edits_are_refused_after_start,
+    experiment_runs_once_every_target_started_and_fails_with_the_hosts_reason,
 );
+
+/// Claim everything queued for an agent (waiting a little for it to arrive).
+async fn claim_all(agent: &AgentClient<'_>) -> Vec<Value> {
+    let res = agent.poll("2s").await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    body["tasks"].as_array().unwrap().clone()
+}
+
+async fn phase(s: &TestServer, id: &str) -> String {
+    let got: Value = s
+        .get(&format!("/api/v1/experiments/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    got["phase"].as_str().unwrap().to_string()
+}
+
+async fn experiment_runs_once_every_target_started_and_fails_with_the_hosts_reason(s: &TestServer) {
+    let (sa, sb) = (s.enroll("node-a").await, s.enroll("node-b").await);
+    let (a, b) = (s.agent("node-a", &sa), s.agent("node-b", &sb));
+    let exp = s.create_experiment(&["node-a", "node-b"]).await;
+    let id = exp["id"].as_str().unwrap().to_string();
+    let res = s
+        .client
+        .post(s.url(&format!("/api/v1/experiments/{id}/start")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(phase(s, &id).await, "initializing");
+
+    let start_of = |tasks: &[Value]| {
+        tasks
+            .iter()
+            .find(|t| t["type"] == "experiment" && t["payload"]["action"] == "start")
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .expect("a start task")
+    };
+    let deploy_of = |tasks: &[Value]| {
+        tasks
+            .iter()
+            .find(|t| t["type"] == "deployment")
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .expect("a deployment task")
+    };
+    let (ta, tb) = (claim_all(&a).await, claim_all(&b).await);
+    assert_eq!(a.status(&deploy_of(&ta), "completed").await.status(), 200);
+    assert_eq!(a.status(&start_of(&ta), "running").await.status(), 200);
+    // One target of two has started: still initializing.
+    assert_eq!(phase(s, &id).await, "initializing");
+    assert_eq!(b.status(&deploy_of(&tb), "completed").await.status(), 200);
+    assert_eq!(b.status(&start_of(&tb), "running").await.status(), 200);
+    assert_eq!(phase(s, &id).await, "running");
+
+    // A second experiment whose deployment fails on one host fails, naming host and reason.
+    let exp = s.create_experiment(&["node-a", "node-b"]).await;
+    let id = exp["id"].as_str().unwrap().to_string();
+    s.client
+        .post(s.url(&format!("/api/v1/experiments/{id}/start")))
+        .send()
+        .await
+        .unwrap();
+    let tb = claim_all(&b).await;
+    let res = b
+        .post(
+            &format!("/api/v1/agent/tasks/{}/status", deploy_of(&tb)),
+            json!({ "status": "failed", "error": "pipelines.candidate.processors[0].topk.k: must be greater than 0" }),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let got: Value = s
+        .get(&format!("/api/v1/experiments/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["phase"], "failed");
+    let reason = got["phase_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("node-b") && reason.contains("topk.k"),
+        "{got}"
+    );
+}
 
 async fn experiment_lifecycle_create_start_stop_list_and_history(s: &TestServer) {
     let exp = s.create_experiment(&["node-a", "node-b"]).await;
