@@ -86,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Command::Config) => {
             let cfg = Config::load(cli.config.as_deref(), &cli.overrides())?;
-            println!("{}", serde_yaml_like(&cfg)?);
+            print!("{}", printable_config(&cfg)?);
             return Ok(());
         }
         _ => {}
@@ -96,8 +96,15 @@ async fn main() -> anyhow::Result<()> {
     serve(cfg).await
 }
 
-fn serde_yaml_like(cfg: &Config) -> anyhow::Result<String> {
-    Ok(serde_json::to_string_pretty(cfg)?)
+/// The effective configuration as YAML (the format of `--config`), secrets redacted: the
+/// output of `phoenix-api config` ends up in tickets and chat.
+fn printable_config(cfg: &Config) -> anyhow::Result<String> {
+    let mut shown = cfg.clone();
+    if shown.enrollment_token.is_some() {
+        shown.enrollment_token = Some("<redacted>".into());
+    }
+    shown.database_url = shown.database_url.as_deref().map(redact);
+    Ok(serde_yaml::to_string(&shown)?)
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {

@@ -252,8 +252,17 @@ pub(crate) fn judge_status_report(
     update: &TaskStatusUpdate,
 ) -> Result<StatusReport> {
     let by_holder = task.assigned_to.as_ref() == Some(host);
-    if by_holder && task.status.is_terminal() && task.status == update.status {
-        return Ok(StatusReport::Replay);
+    if by_holder && task.status.is_terminal() {
+        // The same terminal status again is a retry after a lost answer; another one would
+        // rewrite history.
+        if task.status == update.status {
+            return Ok(StatusReport::Replay);
+        }
+        return Err(StoreError::TaskTransition {
+            task_id: task.id,
+            from: task.status,
+            to: update.status,
+        });
     }
     if !by_holder || !matches!(task.status, TaskStatus::Assigned | TaskStatus::Running) {
         return Err(StoreError::TaskNotHeld {
@@ -400,6 +409,21 @@ pub(crate) fn status_report_rows(
         }
     }
     Ok((serde_json::Value::Array(rows), fast))
+}
+
+/// Whether a command ends the experiment's run, so its tasks still queued (a deployment or
+/// start no agent claimed yet) are cancelled in the same transaction rather than delivered
+/// after the stop. Returns the error they are failed with.
+pub(crate) fn cancels_queued_tasks(
+    command: &phoenix_core::ExperimentCommand,
+) -> Option<&'static str> {
+    use phoenix_core::ExperimentCommand as C;
+    match command {
+        C::Stop { .. } => Some("cancelled: the experiment was stopped"),
+        C::Rollback { .. } => Some("cancelled: the experiment was rolled back"),
+        C::Fail { .. } => Some("cancelled: the experiment failed"),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -86,6 +86,7 @@ macro_rules! conformance_suite {
             batched_heartbeats_renew_each_hosts_leases_and_refuse_unknown_or_revoked,
             claim_skips_other_hosts_backlog_and_merges_host_less_tasks_in_order,
             claims_for_many_hosts_hand_each_task_to_one_of_them,
+            stopping_an_experiment_cancels_its_unclaimed_tasks,
             kpi_replay_is_not_stored_twice,
             latest_reduction_uses_candidates_latest_interval,
             agent_logs_round_trip_newest_first,
@@ -970,8 +971,9 @@ pub async fn report_by_another_host_is_refused(store: SharedStore) {
     assert!(
         matches!(
             err,
-            StoreError::TaskNotHeld {
-                status: TaskStatus::Completed,
+            StoreError::TaskTransition {
+                from: TaskStatus::Completed,
+                to: TaskStatus::Failed,
                 ..
             }
         ),
@@ -1713,6 +1715,25 @@ pub async fn batched_heartbeats_renew_each_hosts_leases_and_refuse_unknown_or_re
     assert_eq!(store.count_heartbeats(&a, t0()).await.unwrap(), 2);
     assert_eq!(store.count_heartbeats(&b, t0()).await.unwrap(), 1);
     assert_eq!(store.count_heartbeats(&r, t0()).await.unwrap(), 0);
+    // A heartbeat that leaves hostname and version empty keeps what was reported before.
+    let named = Heartbeat {
+        hostname: "node-b.example".into(),
+        version: "3".into(),
+        ..Heartbeat::default()
+    };
+    store
+        .record_heartbeats(&[(b.clone(), named)], lease(), now)
+        .await
+        .unwrap();
+    store
+        .record_heartbeats(&[(b.clone(), Heartbeat::default())], lease(), now)
+        .await
+        .unwrap();
+    let kept = store.get_agent(&b).await.unwrap();
+    assert_eq!(
+        (kept.hostname.as_str(), kept.version.as_str()),
+        ("node-b.example", "3")
+    );
 
     // The renewal holds: at the original lease's end nothing expires, after the new one all do.
     assert!(store
@@ -1855,6 +1876,17 @@ pub async fn reports_from_many_hosts_are_judged_like_single_reports(store: Share
         "a repeated report is a replay"
     );
     assert!(outcomes[7].is_err(), "{:?}", outcomes[7]);
+    // The holder reporting another terminal status than the one recorded is a conflict,
+    // not a replay.
+    let flip = store
+        .report_task_statuses(&[(theirs.id, b.clone(), failed.clone())], lease(), now)
+        .await
+        .unwrap();
+    assert!(
+        matches!(flip[0], Err(StoreError::TaskTransition { .. })),
+        "{:?}",
+        flip[0]
+    );
 
     assert_eq!(store.get_task(mine[0].id).await.unwrap(), *then_done);
     assert_eq!(store.get_task(theirs.id).await.unwrap(), *done);
@@ -2036,6 +2068,62 @@ pub async fn claims_for_many_hosts_hand_each_task_to_one_of_them(store: SharedSt
     );
     assert!(store
         .claim_tasks_for_hosts(&[], lease(), now)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// A stop (or rollback, or failure) cancels the experiment's tasks no agent claimed yet, so
+/// a host that was offline does not start the experiment after it was stopped.
+pub async fn stopping_an_experiment_cancels_its_unclaimed_tasks(store: SharedStore) {
+    let e = created(&store, "stopped early", t0()).await;
+    let (a, b) = (host("node-a"), host("node-b"));
+    let starts: Vec<NewTask> = [&a, &b]
+        .into_iter()
+        .map(|h| {
+            let mut t = task(TaskType::Experiment).for_host(h.clone());
+            t.experiment_id = Some(e.id);
+            t
+        })
+        .collect();
+    store
+        .transition_experiment(e.id, &ExperimentCommand::Start, &starts, t0())
+        .await
+        .unwrap();
+    let held = store.claim_tasks(&a, 10, lease(), t0()).await.unwrap();
+    assert_eq!(held.len(), 1);
+    let mut stop = task(TaskType::Experiment).for_host(a.clone());
+    stop.experiment_id = Some(e.id);
+    let now = t0() + Duration::seconds(5);
+    let outcome = store
+        .transition_experiment(
+            e.id,
+            &ExperimentCommand::Stop { reason: None },
+            &[stop],
+            now,
+        )
+        .await
+        .unwrap();
+    let all = store
+        .list_tasks(&TaskQuery {
+            experiment_id: Some(e.id),
+            ..TaskQuery::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    let by_id = |id| all.iter().find(|t| t.id == id).unwrap().clone();
+    // a's start was claimed: it stays with a (a's stop task will end it).
+    assert_eq!(by_id(held[0].id).status, TaskStatus::Assigned);
+    // b's start was never claimed: cancelled with the reason.
+    let b_start = all.iter().find(|t| t.host_id.as_ref() == Some(&b)).unwrap();
+    assert_eq!(b_start.status, TaskStatus::Failed);
+    assert_eq!(b_start.finished_at, Some(now));
+    assert!(b_start.error.as_deref().unwrap().contains("stopped"));
+    // The stop task itself is queued.
+    assert_eq!(by_id(outcome.tasks[0].id).status, TaskStatus::Pending);
+    assert!(store
+        .claim_tasks(&b, 10, lease(), now)
         .await
         .unwrap()
         .is_empty());

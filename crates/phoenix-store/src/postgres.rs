@@ -725,6 +725,17 @@ impl Store for PgStore {
             now,
         );
         insert_event(&mut tx, &event).await?;
+        if let Some(reason) = common::cancels_queued_tasks(command) {
+            sqlx::query(
+                "UPDATE tasks SET status = 'failed', error = $2, finished_at = $3, updated_at = $3
+                 WHERE experiment_id = $1 AND status = 'pending'",
+            )
+            .bind(id.as_uuid())
+            .bind(reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
         let mut tasks = Vec::with_capacity(enqueue.len());
         let mut woken = Vec::new();
         for new in enqueue {
@@ -1278,7 +1289,8 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         relaxed_durability(&mut tx).await?;
         let updated = sqlx::query(
-            "UPDATE agents SET hostname = $2, version = $3, capabilities = $4, labels = $5,
+            "UPDATE agents SET hostname = COALESCE(NULLIF($2, ''), hostname),
+                 version = COALESCE(NULLIF($3, ''), version), capabilities = $4, labels = $5,
                  resource_usage = $6, running_pipelines = $7, last_seen_at = $8
              WHERE host_id = $1 AND revoked = false",
         )
@@ -1349,7 +1361,8 @@ impl Store for PgStore {
                      version text, capabilities jsonb, labels jsonb, resource_usage jsonb,
                      running_pipelines jsonb)
              ), accepted AS (
-                 UPDATE agents a SET hostname = b.hostname, version = b.version,
+                 UPDATE agents a SET hostname = COALESCE(NULLIF(b.hostname, ''), a.hostname),
+                     version = COALESCE(NULLIF(b.version, ''), a.version),
                      capabilities = b.capabilities, labels = b.labels,
                      resource_usage = b.resource_usage, running_pipelines = b.running_pipelines,
                      last_seen_at = $3

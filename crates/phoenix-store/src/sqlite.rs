@@ -646,6 +646,17 @@ impl Store for SqliteStore {
             now,
         );
         insert_event(&mut tx, &event).await?;
+        if let Some(reason) = common::cancels_queued_tasks(command) {
+            sqlx::query(
+                "UPDATE tasks SET status = 'failed', error = ?2, finished_at = ?3, updated_at = ?3
+                 WHERE experiment_id = ?1 AND status = 'pending'",
+            )
+            .bind(id.to_string())
+            .bind(reason)
+            .bind(micros(now))
+            .execute(&mut *tx)
+            .await?;
+        }
         let mut tasks = Vec::with_capacity(enqueue.len());
         for new in enqueue {
             tasks.push(insert_task(&mut tx, new, now).await?.task);
@@ -1096,7 +1107,8 @@ impl Store for SqliteStore {
         let mut conn = self.write.get().await?;
         let mut tx = conn.begin().await?;
         let updated = sqlx::query(
-            "UPDATE agents SET hostname = ?2, version = ?3, capabilities = ?4, labels = ?5,
+            "UPDATE agents SET hostname = COALESCE(NULLIF(?2, ''), hostname),
+                 version = COALESCE(NULLIF(?3, ''), version), capabilities = ?4, labels = ?5,
                  resource_usage = ?6, running_pipelines = ?7, last_seen_at = ?8
              WHERE host_id = ?1 AND revoked = 0",
         )
@@ -1149,8 +1161,9 @@ impl Store for SqliteStore {
         let mut conn = self.write.get().await?;
         let mut tx = conn.begin().await?;
         let accepted: BTreeSet<String> = sqlx::query_scalar(
-            "UPDATE agents SET hostname = json_extract(b.value, '$.hostname'),
-                 version = json_extract(b.value, '$.version'),
+            "UPDATE agents SET
+                 hostname = COALESCE(NULLIF(json_extract(b.value, '$.hostname'), ''), hostname),
+                 version = COALESCE(NULLIF(json_extract(b.value, '$.version'), ''), version),
                  capabilities = json_extract(b.value, '$.capabilities'),
                  labels = json_extract(b.value, '$.labels'),
                  resource_usage = json_extract(b.value, '$.resource_usage'),

@@ -96,6 +96,22 @@ fn parse_wait(raw: Option<&str>, max: Duration) -> ApiResult<Duration> {
     Ok(d.min(max))
 }
 
+/// Holds one unit of a gauge for as long as it lives.
+struct WaitingGuard<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> WaitingGuard<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Tasks handed to the agent; empty when the wait ended with nothing queued.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PollResponse {
@@ -115,9 +131,10 @@ pub async fn poll(
     ApiQuery(p): ApiQuery<PollParams>,
 ) -> ApiResult<Json<PollResponse>> {
     let wait = parse_wait(p.wait.as_deref(), s.service.timings.long_poll_max)?;
-    s.metrics.long_polls_waiting.inc();
+    // Counted while parked, also when the client goes away mid-wait (the future is dropped).
+    let waiting = WaitingGuard::new(&s.metrics.long_polls_waiting);
     let result = s.service.poll_tasks(&agent.host, wait).await;
-    s.metrics.long_polls_waiting.dec();
+    drop(waiting);
     let tasks = result?;
     s.metrics.tasks_delivered.inc_by(tasks.len() as u64);
     Ok(Json(PollResponse { tasks }))
