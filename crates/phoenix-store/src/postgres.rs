@@ -37,8 +37,9 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Connections per API process. Long-polls never hold one while they wait.
 const MAX_CONNECTIONS: u32 = 16;
-/// Connections for writes that need not wait for durability (heartbeats).
-const RELAXED_CONNECTIONS: u32 = 4;
+/// Connections for writes that need not wait for durability (heartbeats, `running`
+/// reports, claims of targeted tasks).
+const RELAXED_CONNECTIONS: u32 = 8;
 /// Waiting longer than this for a connection means the database is in trouble: 503.
 const ACQUIRE_TIMEOUT: StdDuration = StdDuration::from_secs(5);
 /// The wake-up listener's reconnect backoff.
@@ -52,9 +53,9 @@ const WAKEUP_BUFFER: usize = 1024;
 pub struct PgStore {
     pool: PgPool,
     /// A few connections whose commits do not wait for the WAL flush (session
-    /// `synchronous_commit = off`), for heartbeats: a batch is then one statement, one round
-    /// trip. A database crash can lose the last fraction of a second of them, which costs
-    /// nothing (agents heartbeat again).
+    /// `synchronous_commit = off`), for writes whose loss in a database crash (the last
+    /// fraction of a second) costs nothing: heartbeats (agents heartbeat again), `running`
+    /// reports and claims of targeted tasks (see where they are written).
     relaxed: PgPool,
     /// What the wake-up listeners connect with (each has its own connection).
     options: PgConnectOptions,
@@ -987,7 +988,7 @@ impl Store for PgStore {
             .bind(serde_json::Value::Array(requests))
             .bind(now)
             .bind(common::lease_until(now, lease))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.relaxed)
             .await?;
             let mut by_host: HashMap<HostId, Vec<Task>> = HashMap::new();
             for task in tasks_from_rows(&rows)? {
@@ -1101,30 +1102,51 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         let (rows, fast) = common::status_report_rows(reports)?;
-        // Every report of a task its host holds, in one statement (one commit); the rest
+        // Every report of a task its host holds, in one statement per durability; the rest
         // (refusals, replays, repeats within the batch) are judged one by one below. The
         // holder check is a CASE for the reason given at HELD_BY_1.
-        let applied = sqlx::query(
-            "UPDATE tasks t SET status = b.status,
-                 started_at = CASE WHEN b.status = 'running'
-                     THEN COALESCE(t.started_at, $2) ELSE t.started_at END,
-                 lease_expires_at = CASE WHEN b.status = 'running' THEN $3 ELSE NULL END,
-                 finished_at = CASE WHEN b.status = 'running' THEN t.finished_at ELSE $2 END,
-                 error = CASE WHEN b.status = 'running' THEN t.error ELSE b.error END,
-                 result = CASE WHEN b.status = 'running' THEN t.result ELSE b.result::jsonb END,
-                 updated_at = $2
-             FROM jsonb_to_recordset($1::jsonb)
-                 AS b(id uuid, host text, status text, error text, result text)
-             WHERE t.id = b.id
-               AND CASE WHEN t.status IN ('assigned', 'running')
-                   THEN t.assigned_to = b.host ELSE false END
-             RETURNING t.*",
-        )
-        .bind(rows)
-        .bind(now)
-        .bind(common::lease_until(now, lease))
-        .fetch_all(&self.pool)
-        .await?;
+        //
+        // `running` reports commit without waiting for the WAL flush: losing one to a
+        // database crash leaves the task `assigned`, from which its holder may still report
+        // it finished, so nothing depends on it being durable. Finished tasks wait for it.
+        let (running, finished): (Vec<serde_json::Value>, Vec<serde_json::Value>) = match rows {
+            serde_json::Value::Array(rows) => rows
+                .into_iter()
+                .partition(|r| r.get("status").and_then(|s| s.as_str()) == Some("running")),
+            _ => (Vec::new(), Vec::new()),
+        };
+        let mut applied_rows = Vec::with_capacity(reports.len());
+        for (rows, pool) in [(running, &self.relaxed), (finished, &self.pool)] {
+            if rows.is_empty() {
+                continue;
+            }
+            applied_rows.extend(
+                sqlx::query(
+                    "UPDATE tasks t SET status = b.status,
+                         started_at = CASE WHEN b.status = 'running'
+                             THEN COALESCE(t.started_at, $2) ELSE t.started_at END,
+                         lease_expires_at = CASE WHEN b.status = 'running' THEN $3 ELSE NULL END,
+                         finished_at = CASE WHEN b.status = 'running'
+                             THEN t.finished_at ELSE $2 END,
+                         error = CASE WHEN b.status = 'running' THEN t.error ELSE b.error END,
+                         result = CASE WHEN b.status = 'running'
+                             THEN t.result ELSE b.result::jsonb END,
+                         updated_at = $2
+                     FROM jsonb_to_recordset($1::jsonb)
+                         AS b(id uuid, host text, status text, error text, result text)
+                     WHERE t.id = b.id
+                       AND CASE WHEN t.status IN ('assigned', 'running')
+                           THEN t.assigned_to = b.host ELSE false END
+                     RETURNING t.*",
+                )
+                .bind(serde_json::Value::Array(rows))
+                .bind(now)
+                .bind(common::lease_until(now, lease))
+                .fetch_all(pool)
+                .await?,
+            );
+        }
+        let applied = applied_rows;
         let mut applied: HashMap<TaskId, Task> = tasks_from_rows(&applied)?
             .into_iter()
             .map(|t| (t.id, t))
