@@ -1120,6 +1120,14 @@ impl Store for PgStore {
             if rows.is_empty() {
                 continue;
             }
+            // `t.id = ANY($4)` puts the primary key in the generic plan's index condition:
+            // joining on the JSON rows alone let it settle on a hash join over a sequential
+            // scan of the whole table (seen: 70 buffers read per row reported).
+            let ids: Vec<Uuid> = rows
+                .iter()
+                .filter_map(|r| r.get("id").and_then(|id| id.as_str()))
+                .filter_map(|id| Uuid::parse_str(id).ok())
+                .collect();
             applied_rows.extend(
                 sqlx::query(
                     "UPDATE tasks t SET status = b.status,
@@ -1134,7 +1142,7 @@ impl Store for PgStore {
                          updated_at = $2
                      FROM jsonb_to_recordset($1::jsonb)
                          AS b(id uuid, host text, status text, error text, result text)
-                     WHERE t.id = b.id
+                     WHERE t.id = ANY($4) AND t.id = b.id
                        AND CASE WHEN t.status IN ('assigned', 'running')
                            THEN t.assigned_to = b.host ELSE false END
                      RETURNING t.*",
@@ -1142,6 +1150,7 @@ impl Store for PgStore {
                 .bind(serde_json::Value::Array(rows))
                 .bind(now)
                 .bind(common::lease_until(now, lease))
+                .bind(ids)
                 .fetch_all(pool)
                 .await?,
             );
