@@ -768,10 +768,32 @@ impl Runtime {
         if let Some(e) = &self.state.experiment {
             pipelines.push(json!({"name": "experiment", "experiment_id": e.experiment_id, "mode": e.mode, "variants": e.variants, "ends_at": e.ends_at}));
         }
+        // Every task the API may consider ours: the long-running ones in progress and the
+        // finished ones whose report has not got through yet. A task the API assigned us
+        // that is in none of these never reached us (its answer was lost): the API puts it
+        // back in the queue.
+        let held: Vec<TaskId> = self
+            .state
+            .experiment
+            .iter()
+            .map(|e| e.task_id)
+            .chain(self.state.loadsim.iter().filter_map(|l| l.task_id))
+            .chain(
+                self.state
+                    .journal
+                    .iter()
+                    .filter(|e| matches!(e.record, TaskRecord::Started))
+                    .map(|e| e.id),
+            )
+            .chain(self.state.unreported().into_iter().map(|e| e.id))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let mut hb = self.snapshot.lock();
         hb.running_pipelines = pipelines;
         hb.resource_usage.buffer_bytes =
             self.kpi_queue.pending_bytes() + self.supervisor.buffered_bytes();
+        hb.held_tasks = Some(held);
     }
 
     /// Finishes what a crash interrupted and resumes what was running.
@@ -970,6 +992,7 @@ pub async fn run(
         labels: settings.labels.clone(),
         resource_usage: ResourceUsage::default(),
         running_pipelines: Vec::new(),
+        held_tasks: None,
     }));
     let kpi_interval = state
         .kpi_interval_ms

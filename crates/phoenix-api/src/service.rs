@@ -716,10 +716,35 @@ impl Service {
     /// experiment task stays with a live agent and returns to the queue when it goes quiet.
     pub async fn heartbeat(&self, host: &HostId, hb: Heartbeat) -> ServiceResult<u64> {
         hb.validate()?;
-        Ok(batched(
-            self.heartbeats.call((host.clone(), hb)).await,
-            "heartbeat",
-        )?)
+        let held = hb.held_tasks.clone();
+        let renewed = batched(self.heartbeats.call((host.clone(), hb)).await, "heartbeat")?;
+        // More leases than tasks the agent holds: some delivery was lost.
+        if let Some(held) = held {
+            if renewed > held.len() as u64 {
+                self.release_unheld(host, &held).await?;
+            }
+        }
+        Ok(renewed)
+    }
+
+    /// Put back in the queue what `host` was given but does not hold (see
+    /// [`Heartbeat::held_tasks`]).
+    async fn release_unheld(&self, host: &HostId, held: &[TaskId]) -> ServiceResult<()> {
+        let now = self.clock.now();
+        let before = now - chrono::Duration::seconds(phoenix_core::agent::HELD_TASKS_GRACE_SECONDS);
+        let released = self
+            .store
+            .release_unheld_tasks(host, held, before, now)
+            .await?;
+        for t in &released {
+            tracing::warn!(task_id = %t.id, host_id = %host, status = %t.status,
+                "task delivered to an agent that does not hold it; back to the queue");
+            if t.status == TaskStatus::Pending {
+                self.waiters.wake_for(t.host_id.as_ref());
+            }
+            self.follow_experiment_task(t).await;
+        }
+        Ok(())
     }
 
     pub async fn ingest_kpis(

@@ -40,7 +40,22 @@ pub struct Heartbeat {
     #[serde(default)]
     #[schema(value_type = Vec<Object>)]
     pub running_pipelines: Vec<serde_json::Value>,
+    /// The tasks the agent holds: received and not yet reported finished. When given, a
+    /// task the API assigned to this host more than [`HELD_TASKS_GRACE_SECONDS`] ago that
+    /// is not listed goes back to the queue: its long-poll answer never reached the agent
+    /// (it died while the answer was in flight), so no one would run or report it, and its
+    /// lease would be renewed by every heartbeat. Omitted: every lease the host holds is
+    /// renewed, nothing is released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub held_tasks: Option<Vec<crate::TaskId>>,
 }
+
+/// How long after its claim a task must be missing from an agent's `held_tasks` before it
+/// is put back in the queue: long enough for any long-poll answer still in flight.
+pub const HELD_TASKS_GRACE_SECONDS: i64 = 30;
+/// Most entries in `held_tasks`.
+pub const MAX_HELD_TASKS: usize = 10_000;
 
 pub const MAX_LABELS: usize = 64;
 pub const MAX_CAPABILITIES: usize = 64;
@@ -69,6 +84,13 @@ impl Heartbeat {
                 "running_pipelines",
                 format!("must list at most {MAX_RUNNING_PIPELINES}"),
             );
+        }
+        if self
+            .held_tasks
+            .as_ref()
+            .is_some_and(|t| t.len() > MAX_HELD_TASKS)
+        {
+            e.push("held_tasks", format!("must list at most {MAX_HELD_TASKS}"));
         }
         if !self.resource_usage.cpu_percent.is_finite() || self.resource_usage.cpu_percent < 0.0 {
             e.push("resource_usage.cpu_percent", "must be a finite number >= 0");

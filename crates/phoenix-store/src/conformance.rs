@@ -87,6 +87,7 @@ macro_rules! conformance_suite {
             claim_skips_other_hosts_backlog_and_merges_host_less_tasks_in_order,
             claims_for_many_hosts_hand_each_task_to_one_of_them,
             stopping_an_experiment_cancels_its_unclaimed_tasks,
+            tasks_an_agent_does_not_hold_go_back_to_the_queue,
             kpi_replay_is_not_stored_twice,
             latest_reduction_uses_candidates_latest_interval,
             agent_logs_round_trip_newest_first,
@@ -1358,6 +1359,7 @@ pub async fn agent_enrollment_credentials_heartbeats_and_revocation(store: Share
             buffer_bytes: 4096,
         },
         running_pipelines: vec![json!({"name": "baseline"})],
+        held_tasks: None,
     };
     for s in [10, 20, 30] {
         store
@@ -2127,4 +2129,57 @@ pub async fn stopping_an_experiment_cancels_its_unclaimed_tasks(store: SharedSto
         .await
         .unwrap()
         .is_empty());
+}
+
+/// An agent that died while a long-poll answer was in flight never learns of the tasks in
+/// it; when its heartbeat lists what it holds, the others go back to the queue (or fail
+/// once they used their attempts), except those claimed too recently to have arrived.
+pub async fn tasks_an_agent_does_not_hold_go_back_to_the_queue(store: SharedStore) {
+    let a = host("node-a");
+    let mut ids = Vec::new();
+    for max_attempts in [3, 1, 3] {
+        let mut t = task(TaskType::Health).for_host(a.clone());
+        t.max_attempts = max_attempts;
+        ids.push(store.enqueue_task(&t, t0()).await.unwrap().task.id);
+    }
+    let claimed = store.claim_tasks(&a, 10, lease(), t0()).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let late = store
+        .enqueue_task(&task(TaskType::Health).for_host(a.clone()), t0())
+        .await
+        .unwrap()
+        .task
+        .id;
+    let now = t0() + Duration::seconds(40);
+    assert_eq!(
+        store.claim_tasks(&a, 10, lease(), now).await.unwrap().len(),
+        1
+    );
+
+    // The agent holds the first task only; the late one was claimed after the cutoff.
+    let released = store
+        .release_unheld_tasks(&a, &[ids[0]], t0() + Duration::seconds(10), now)
+        .await
+        .unwrap();
+    let by_id: BTreeMap<_, _> = released.iter().map(|t| (t.id, t.clone())).collect();
+    assert_eq!(by_id.len(), 2, "{released:?}");
+    let again = &by_id[&ids[2]];
+    assert_eq!(again.status, TaskStatus::Pending);
+    assert_eq!(again.assigned_to, None);
+    assert!(again.error.as_deref().unwrap().contains("node-a"));
+    let spent = &by_id[&ids[1]];
+    assert_eq!(spent.status, TaskStatus::Failed);
+    assert_eq!(spent.finished_at, Some(now));
+    assert_eq!(
+        store.get_task(ids[0]).await.unwrap().status,
+        TaskStatus::Assigned
+    );
+    assert_eq!(
+        store.get_task(late).await.unwrap().status,
+        TaskStatus::Assigned
+    );
+    // The released task is claimable again.
+    let back = store.claim_tasks(&a, 10, lease(), now).await.unwrap();
+    assert_eq!(back.iter().map(|t| t.id).collect::<Vec<_>>(), vec![ids[2]]);
+    assert_eq!(back[0].attempts, 2);
 }

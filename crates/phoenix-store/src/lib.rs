@@ -328,6 +328,17 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Push the lease of every task `host` holds to `now + lease` (called on heartbeat).
     async fn renew_leases(&self, host: &HostId, lease: Duration, now: DateTime<Utc>)
         -> Result<u64>;
+    /// Put back in the queue the tasks assigned to `host` before `assigned_before` that are
+    /// not in `held` (what its agent says it holds): their delivery was lost. Like a lapsed
+    /// lease, each goes back to `pending`, or to `failed` once it used `max_attempts`;
+    /// returns the tasks as they are afterwards.
+    async fn release_unheld_tasks(
+        &self,
+        host: &HostId,
+        held: &[TaskId],
+        assigned_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Task>>;
     /// Return tasks whose lease lapsed to `pending`, or to `failed` once they used
     /// `max_attempts`; returns the tasks as they are afterwards.
     async fn expire_leases(&self, now: DateTime<Utc>) -> Result<Vec<Task>>;

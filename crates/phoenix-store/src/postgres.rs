@@ -1194,6 +1194,46 @@ impl Store for PgStore {
         Ok(done.rows_affected())
     }
 
+    async fn release_unheld_tasks(
+        &self,
+        host: &HostId,
+        held: &[TaskId],
+        assigned_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Task>> {
+        let held: Vec<Uuid> = held.iter().map(|t| t.as_uuid()).collect();
+        let rows = sqlx::query(
+            "UPDATE tasks SET
+                 status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
+                 error = 'its delivery to host ' || $1 || ' was lost (the agent does not hold it)'
+                     || CASE WHEN attempts >= max_attempts
+                        THEN ' after ' || attempts || ' of ' || max_attempts || ' attempts'
+                        ELSE ' (attempt ' || attempts || ' of ' || max_attempts || ')' END,
+                 assigned_to = CASE WHEN attempts >= max_attempts THEN assigned_to ELSE NULL END,
+                 finished_at = CASE WHEN attempts >= max_attempts THEN $4 ELSE NULL END,
+                 lease_expires_at = NULL,
+                 updated_at = $4
+             WHERE assigned_to = $1 AND status IN ('assigned', 'running') AND assigned_at < $3
+               AND NOT (id = ANY($2))
+             RETURNING *",
+        )
+        .bind(host.as_str())
+        .bind(&held)
+        .bind(assigned_before)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut tasks = tasks_from_rows(&rows)?;
+        self.notifier.tasks_claimable(
+            tasks
+                .iter()
+                .filter(|t| t.status == TaskStatus::Pending)
+                .map(|t| t.host_id.as_ref()),
+        );
+        tasks.sort_by_key(|t| t.id);
+        Ok(tasks)
+    }
+
     async fn expire_leases(&self, now: DateTime<Utc>) -> Result<Vec<Task>> {
         let mut tx = self.pool.begin().await?;
         // Two replicas expiring at once: the second waits on the row locks, re-checks the

@@ -993,6 +993,40 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
+    async fn release_unheld_tasks(
+        &self,
+        host: &HostId,
+        held: &[TaskId],
+        assigned_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Task>> {
+        let held: Vec<String> = held.iter().map(TaskId::to_string).collect();
+        let rows = sqlx::query(
+            "UPDATE tasks SET
+                 status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
+                 error = 'its delivery to host ' || ?1 || ' was lost (the agent does not hold it)'
+                     || CASE WHEN attempts >= max_attempts
+                        THEN ' after ' || attempts || ' of ' || max_attempts || ' attempts'
+                        ELSE ' (attempt ' || attempts || ' of ' || max_attempts || ')' END,
+                 assigned_to = CASE WHEN attempts >= max_attempts THEN assigned_to ELSE NULL END,
+                 finished_at = CASE WHEN attempts >= max_attempts THEN ?4 ELSE NULL END,
+                 lease_expires_at = NULL,
+                 updated_at = ?4
+             WHERE assigned_to = ?1 AND status IN ('assigned', 'running') AND assigned_at < ?3
+               AND id NOT IN (SELECT value FROM json_each(?2))
+             RETURNING *",
+        )
+        .bind(host.as_str())
+        .bind(to_json_text("held", &held)?)
+        .bind(micros(assigned_before))
+        .bind(micros(now))
+        .fetch_all(&mut *self.write.get().await?)
+        .await?;
+        let mut tasks = tasks_from_rows(&rows)?;
+        tasks.sort_by_key(|t| t.id);
+        Ok(tasks)
+    }
+
     async fn expire_leases(&self, now: DateTime<Utc>) -> Result<Vec<Task>> {
         let rows = sqlx::query(
             "UPDATE tasks SET
