@@ -7,6 +7,7 @@ pub mod clock;
 pub mod experiment;
 pub mod ids;
 pub mod kpi;
+pub mod stats;
 pub mod task;
 
 pub use agent::{Agent, AgentHealth, Heartbeat, ResourceUsage};
