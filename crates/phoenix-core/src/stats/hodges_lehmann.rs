@@ -55,7 +55,8 @@ pub fn hodges_lehmann(x: &[f64], y: &[f64], confidence: f64) -> Result<HodgesLeh
         .checked_mul(y.len())
         .filter(|&n| n <= MAX_PAIRS)
         .ok_or(StatsError::TooLarge {
-            pairs: x.len().saturating_mul(y.len()),
+            what: "pairwise differences of the Hodges–Lehmann estimate",
+            size: x.len().saturating_mul(y.len()),
             max: MAX_PAIRS,
         })?;
     let mut diffs: Vec<f64> = Vec::with_capacity(n_pairs);

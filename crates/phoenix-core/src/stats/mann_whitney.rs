@@ -108,7 +108,9 @@ fn rank_sum_and_ties(x: &[f64], y: &[f64]) -> (f64, Vec<usize>) {
 ///   `σ² = n1 n2 / 12 · ((n + 1) - Σ(t³ - t) / (n (n - 1)))` over tie groups of size `t`,
 ///   `p = Φ(-z)`.
 ///
-/// Errors on empty samples and non-finite values.
+/// Errors on empty samples and non-finite values, and with [`MwuMethod::Exact`] on sizes
+/// whose exact distribution would cost more than [`MAX_EXACT_WORK`] steps ([`MwuMethod::Auto`]
+/// uses the normal approximation there instead — scipy would still go exact).
 pub fn mann_whitney_u(
     x: &[f64],
     y: &[f64],
@@ -128,9 +130,20 @@ pub fn mann_whitney_u(
         Alternative::TwoSided => (u1.max(u2), 2.0),
     };
     let ties = tie_groups.iter().any(|&t| t > 1);
+    let exact_work = exact_work(n1, n2);
     let method = match options.method {
         MwuMethod::Auto if (n1 > 8 && n2 > 8) || ties => MwuMethod::Asymptotic,
+        // Beyond the work limit (a sample of 8 against one of ~6 million) the normal
+        // approximation is indistinguishable from the exact distribution anyway.
+        MwuMethod::Auto if exact_work > MAX_EXACT_WORK => MwuMethod::Asymptotic,
         MwuMethod::Auto => MwuMethod::Exact,
+        MwuMethod::Exact if exact_work > MAX_EXACT_WORK => {
+            return Err(StatsError::TooLarge {
+                what: "exact Mann–Whitney distribution",
+                size: exact_work,
+                max: MAX_EXACT_WORK,
+            })
+        }
         other => other,
     };
     let (p, z) = if method == MwuMethod::Exact {
@@ -148,6 +161,15 @@ pub fn mann_whitney_u(
         z,
         ties,
     })
+}
+
+/// Most steps the exact distribution may take: `min(n1, n2) · (n1 n2 / 2)` coefficient
+/// updates (a couple of seconds at worst).
+pub const MAX_EXACT_WORK: usize = 200_000_000;
+
+/// Steps of [`exact_sf`] for these sizes.
+fn exact_work(n1: usize, n2: usize) -> usize {
+    n1.min(n2).saturating_mul(n1.saturating_mul(n2) / 2 + 1)
 }
 
 /// The standardised U of the normal approximation, as scipy's `_get_mwu_z`.
@@ -253,4 +275,39 @@ fn u_probabilities_f64(m: usize, n: usize, upto: usize) -> Vec<f64> {
         c.iter_mut().for_each(|v| *v *= scale);
     }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_and_float_exact_distributions_agree() {
+        for &(m, n) in &[(1, 1), (3, 5), (8, 8), (8, 50), (12, 30)] {
+            let upto = m * n / 2;
+            let counts = u_counts_i128(m, n, upto);
+            let total = binomial_i128(m + n, m).expect("fits");
+            let probabilities = u_probabilities_f64(m, n, upto);
+            for (c, p) in counts.iter().zip(&probabilities) {
+                let exact = *c as f64 / total as f64;
+                assert!(
+                    (exact - p).abs() <= 1e-12 * exact.max(1e-300),
+                    "{m}x{n}: {exact} vs {p}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn exact_distribution_sums_to_one_and_is_symmetric() {
+        let (m, n) = (4, 6);
+        let counts = u_counts_i128(m, n, m * n);
+        assert_eq!(counts.iter().sum::<i128>(), 210); // binom(10, 4)
+        for u in 0..=m * n {
+            assert_eq!(counts[u], counts[m * n - u]);
+        }
+        assert_eq!(exact_sf(0, m, n), 1.0);
+        assert_eq!(exact_sf(25, m, n), 0.0);
+        assert!((exact_sf(24, m, n) - 1.0 / 210.0).abs() < 1e-18);
+    }
 }

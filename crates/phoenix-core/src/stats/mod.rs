@@ -26,7 +26,7 @@ pub use judge::{
     JudgeResult,
 };
 pub use mann_whitney::{
-    mann_whitney_u, Alternative, MannWhitneyOptions, MannWhitneyResult, MwuMethod,
+    mann_whitney_u, Alternative, MannWhitneyOptions, MannWhitneyResult, MwuMethod, MAX_EXACT_WORK,
 };
 
 /// Bad input to a statistics function.
@@ -50,8 +50,12 @@ pub enum StatsError {
     InvalidConfidence(f64),
     #[error("`{name}` {reason}")]
     InvalidParameter { name: &'static str, reason: String },
-    #[error("{pairs} pairwise differences exceed the limit of {max}")]
-    TooLarge { pairs: usize, max: usize },
+    #[error("the {what} needs {size} steps or values, over the limit of {max}")]
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        max: usize,
+    },
     #[error("the result is not a finite number")]
     Overflow,
 }
