@@ -141,7 +141,9 @@ fn mean(values: &[f64]) -> f64 {
 ///    when `upper < -effect_fraction · |estimate|`, `Pass` otherwise.
 ///
 /// The classification follows Kayenta and looks only at the interval; the p-value is
-/// reported for the record. Errors on empty samples, non-finite values and bad settings.
+/// reported for the record. Errors on empty samples, non-finite values, bad settings, a
+/// sample the outlier filter empties (possible only with a fence factor below 1/2) and
+/// samples over [`super::MAX_PAIRS`] pairs.
 pub fn judge_metric(
     baseline: &[f64],
     candidate: &[f64],
@@ -166,7 +168,7 @@ pub fn judge_metric(
         ),
         None => (baseline.to_vec(), candidate.to_vec()),
     };
-    // The fences always keep the values between the quartiles' neighbours, but be explicit.
+    // A fence factor below 1/2 can leave nothing (two values, factor 0).
     check_sample("baseline", &baseline)?;
     check_sample("candidate", &candidate)?;
     let baseline_mean = mean(&baseline);

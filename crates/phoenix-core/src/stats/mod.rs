@@ -12,6 +12,22 @@
 //!
 //! Every function validates its input and returns a [`StatsError`] rather than panicking.
 //! `docs/analysis.md` ("Statistics") describes the formulas.
+//!
+//! ```
+//! use phoenix_core::stats::{self, Classification, JudgeConfig, MannWhitneyOptions};
+//!
+//! let baseline = [1.0, 2.0, 3.0, 4.0];
+//! let candidate = [10.0, 20.0, 30.0, 40.0];
+//! let mw = stats::mann_whitney_u(&candidate, &baseline, &MannWhitneyOptions::default())?;
+//! assert_eq!(mw.u, 16.0);
+//! let hl = stats::hodges_lehmann(&candidate, &baseline, 0.95)?;
+//! assert_eq!((hl.lower, hl.estimate, hl.upper), (6.0, 22.5, 39.0));
+//! let verdict = stats::judge_metric(&baseline, &candidate, &JudgeConfig::default())?;
+//! assert_eq!(verdict.classification, Classification::High);
+//! let reduction = stats::mean_ci(&[87.1, 86.4, 88.0, 87.5], 0.95)?;
+//! assert!(reduction.lower < 87.25 && 87.25 < reduction.upper);
+//! # Ok::<(), stats::StatsError>(())
+//! ```
 
 mod ci;
 mod hodges_lehmann;
