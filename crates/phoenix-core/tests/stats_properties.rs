@@ -262,6 +262,19 @@ proptest! {
     }
 
     #[test]
+    fn hodges_lehmann_matches_sorting_every_difference(
+        x in sample(), y in sample(), confidence in 0.5_f64..0.999,
+    ) {
+        let mut d: Vec<f64> = x.iter().flat_map(|a| y.iter().map(move |b| a - b)).collect();
+        d.sort_unstable_by(f64::total_cmp);
+        let n = d.len();
+        let median = if n % 2 == 1 { d[n / 2] } else { (d[n / 2 - 1] + d[n / 2]) / 2.0 };
+        let hl = stats::hodges_lehmann(&x, &y, confidence).expect("valid");
+        prop_assert_eq!(hl.estimate, median);
+        prop_assert_eq!((hl.lower, hl.upper), (d[hl.k - 1], d[n - hl.k]));
+    }
+
+    #[test]
     fn mean_interval_is_centred_and_grows_with_confidence(
         values in prop::collection::vec(-1e6_f64..1e6, 2..50), confidence in 0.5_f64..0.99,
     ) {

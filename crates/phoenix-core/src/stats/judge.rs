@@ -142,8 +142,7 @@ fn mean(values: &[f64]) -> f64 {
 ///
 /// The classification follows Kayenta and looks only at the interval; the p-value is
 /// reported for the record. Errors on empty samples, non-finite values, bad settings, a
-/// sample the outlier filter empties (possible only with a fence factor below 1/2) and
-/// samples over [`super::MAX_PAIRS`] pairs.
+/// sample the outlier filter empties (possible only with a fence factor below 1/2).
 pub fn judge_metric(
     baseline: &[f64],
     candidate: &[f64],

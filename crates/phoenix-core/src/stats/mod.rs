@@ -36,7 +36,7 @@ mod mann_whitney;
 pub mod special;
 
 pub use ci::{mean_ci, welch_ci, ConfidenceInterval};
-pub use hodges_lehmann::{hl_order_statistic, hodges_lehmann, HodgesLehmann, MAX_PAIRS};
+pub use hodges_lehmann::{hl_order_statistic, hodges_lehmann, HodgesLehmann};
 pub use judge::{
     judge_metric, quartiles, remove_outliers_iqr, Classification, Direction, JudgeConfig,
     JudgeResult,
