@@ -31,6 +31,14 @@ fn nums(v: &Value) -> Vec<f64> {
     v.as_array().expect("array").iter().map(num).collect()
 }
 
+/// The `x` and `y` samples of the pair a case names.
+fn pair(data: &Value, case: &Value) -> (Vec<f64>, Vec<f64>) {
+    let name = case["pair"].as_str().expect("pair name");
+    let pair = &data["pairs"][name];
+    assert!(pair.is_object(), "no pair named {name}");
+    (nums(&pair["x"]), nums(&pair["y"]))
+}
+
 struct Checker {
     failures: Vec<String>,
     checked: usize,
@@ -78,8 +86,7 @@ fn mann_whitney_matches_scipy() {
     let data = fixtures();
     let mut check = Checker::new();
     for case in data["mannwhitneyu"].as_array().expect("cases") {
-        let x = nums(&case["x"]);
-        let y = nums(&case["y"]);
+        let (x, y) = pair(&data, case);
         let alternative = match case["alternative"].as_str().expect("alternative") {
             "two-sided" => Alternative::TwoSided,
             "less" => Alternative::Less,
@@ -99,7 +106,7 @@ fn mann_whitney_matches_scipy() {
         };
         let what = format!(
             "{} {} {} continuity={}",
-            case["name"], case["alternative"], case["method"], case["use_continuity"]
+            case["pair"], case["alternative"], case["method"], case["use_continuity"]
         );
         let result = stats::mann_whitney_u(&x, &y, &options).expect("valid input");
         check.close(format!("{what} U"), result.u, num(&case["statistic"]));
@@ -113,10 +120,9 @@ fn hodges_lehmann_matches_numpy() {
     let data = fixtures();
     let mut check = Checker::new();
     for case in data["hodges_lehmann"].as_array().expect("cases") {
-        let x = nums(&case["x"]);
-        let y = nums(&case["y"]);
+        let (x, y) = pair(&data, case);
         let confidence = num(&case["confidence"]);
-        let what = format!("{} at {confidence}", case["name"]);
+        let what = format!("{} at {confidence}", case["pair"]);
         let hl = stats::hodges_lehmann(&x, &y, confidence).expect("valid input");
         check.close(
             format!("{what} estimate"),
