@@ -103,10 +103,11 @@ fn rank_sum_and_ties(x: &[f64], y: &[f64]) -> (f64, Vec<usize>) {
 /// * the p-value uses the survival function at `U1` (greater), `U2 = n1 n2 - U1` (less) or
 ///   `max(U1, U2)` doubled (two-sided), clipped to `[0, 1]`;
 /// * exact: the null distribution of U counted exactly (integer arithmetic while it fits in
-///   `i128`, which is every case with `min(n1, n2) <= 8` and `max(n1, n2)` below ~2·10⁵);
+///   `i128`, which is every case with `min(n1, n2) <= 8` and `max(n1, n2)` below ~10⁵);
 /// * asymptotic: `z = (U - n1 n2 / 2 - 1/2) / σ`,
 ///   `σ² = n1 n2 / 12 · ((n + 1) - Σ(t³ - t) / (n (n - 1)))` over tie groups of size `t`,
-///   `p = Φ(-z)`.
+///   `p = Φ(-z)`. When every value is equal σ = 0: p = 1 with the continuity correction,
+///   NaN without it (0/0), as scipy.
 ///
 /// Errors on empty samples and non-finite values, and with [`MwuMethod::Exact`] on sizes
 /// whose exact distribution would cost more than [`MAX_EXACT_WORK`] steps ([`MwuMethod::Auto`]
