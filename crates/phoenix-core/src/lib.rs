@@ -1,5 +1,5 @@
-//! Phoenix's domain: identifiers, the experiment state machine, tasks, agents and KPI
-//! batches. Everything here is pure (no I/O, no clock reads except through [`Clock`]) so the
+//! Phoenix's domain: identifiers, the experiment state machine, tasks, agents, KPI
+//! batches and the statistics that judge them ([`stats`]). Everything here is pure (no I/O, no clock reads except through [`Clock`]) so the
 //! rules the product promises can be tested with plain unit and property tests.
 
 pub mod agent;
@@ -7,6 +7,7 @@ pub mod clock;
 pub mod experiment;
 pub mod ids;
 pub mod kpi;
+pub mod stats;
 pub mod task;
 
 pub use agent::{Agent, AgentHealth, Heartbeat, ResourceUsage};
