@@ -20,7 +20,7 @@ use phoenix_store::{SharedStore, Wakeup};
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::routes::{agent, experiments, ops, tasks};
+use crate::routes::{agent, analysis, experiments, ops, tasks};
 use crate::service::{Service, Timings};
 use crate::telemetry::Metrics;
 use crate::waiters::Waiters;
@@ -70,6 +70,7 @@ impl AppState {
             heartbeat_interval: config.agent_heartbeat_interval,
             offline_after: config.agent_offline_after,
             claim_batch_max: config.claim_batch_max,
+            experiment_start_timeout: config.experiment_start_timeout,
         };
         let service = Service::new(store, clock, Arc::new(Waiters::default()), timings, token);
         Ok(Self {
@@ -101,6 +102,17 @@ pub fn router(state: AppState) -> Router {
             post(experiments::rollback),
         )
         .route("/api/v1/experiments/{id}/events", get(experiments::events))
+        .route("/api/v1/experiments/{id}/kpis", get(analysis::kpis))
+        .route("/api/v1/experiments/{id}/results", get(analysis::results))
+        .route("/api/v1/experiments/{id}/analysis", get(analysis::analysis))
+        .route(
+            "/api/v1/experiments/{id}/cost-analysis",
+            get(analysis::cost_analysis),
+        )
+        .route(
+            "/api/v1/cost/presets",
+            get(analysis::get_presets).put(analysis::put_presets),
+        )
         .route("/api/v1/agent/enroll", post(agent::enroll))
         .route("/api/v1/agent/tasks", get(agent::poll))
         .route("/api/v1/agent/tasks/{id}/status", post(agent::task_status))
@@ -210,6 +222,30 @@ pub fn spawn_background(
         }
     }));
 
+    // Experiments: analyses, ends of runs, starts that time out.
+    let svc = state.service.clone();
+    let every = state.config.analysis_tick_interval;
+    let stop = shutdown.clone();
+    let runner = format!(
+        "{}:{}:{}",
+        hostname(),
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    handles.push(tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            if let Err(e) = svc.analysis_tick(&runner).await {
+                tracing::warn!(error = %e, "analysis tick failed; retrying");
+            }
+        }
+    }));
+
     // Retention.
     let svc = state.service.clone();
     let task_retention = state.config.task_retention;
@@ -306,4 +342,13 @@ pub async fn seed_demo(
         f
     })?;
     Ok(Some(state.service.create_experiment(new).await?))
+}
+
+/// This machine's name, for telling API replicas apart in analysis records.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "phoenix-api".into())
 }

@@ -59,6 +59,15 @@ pub struct Config {
     /// How often lapsed leases and delayed tasks are looked for.
     #[serde(with = "humantime_serde")]
     pub lease_check_interval: Duration,
+    /// How often running experiments are looked at: due analyses, ends of runs, targets that
+    /// never started. Each experiment's own `analysis.interval_seconds` sets how often it is
+    /// analysed; this only bounds how late that can be.
+    #[serde(with = "humantime_serde")]
+    pub analysis_tick_interval: Duration,
+    /// An experiment whose targets have not all started this long after `start` fails,
+    /// naming the hosts that did not.
+    #[serde(with = "humantime_serde")]
+    pub experiment_start_timeout: Duration,
     pub log_format: LogFormat,
     /// A `tracing` filter, e.g. `info` or `phoenix_api=debug,info`.
     pub log_level: String,
@@ -83,6 +92,8 @@ impl Default for Config {
             task_retention: Duration::from_secs(7 * 24 * 3600),
             telemetry_retention: Duration::from_secs(30 * 24 * 3600),
             lease_check_interval: Duration::from_secs(1),
+            analysis_tick_interval: Duration::from_secs(2),
+            experiment_start_timeout: Duration::from_secs(300),
             log_format: LogFormat::Json,
             log_level: "info".to_string(),
             seed_demo: false,
@@ -178,6 +189,12 @@ impl Config {
         }
         if self.lease_check_interval.is_zero() {
             return Err(invalid("lease_check_interval", "must be greater than 0"));
+        }
+        if self.analysis_tick_interval.is_zero() {
+            return Err(invalid("analysis_tick_interval", "must be greater than 0"));
+        }
+        if self.experiment_start_timeout < Duration::from_secs(1) {
+            return Err(invalid("experiment_start_timeout", "must be at least 1s"));
         }
         if let Some(t) = &self.enrollment_token {
             if t.len() < 16 {

@@ -2,6 +2,7 @@
 //! experiments, the agent task queue and protocol (long-poll with no database connection held
 //! while waiting), the fleet view, Prometheus metrics and its own OpenAPI description.
 
+pub mod analysis;
 pub mod app;
 pub mod batch;
 pub mod config;

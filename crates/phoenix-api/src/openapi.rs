@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{agent, experiments, ops, tasks};
+use crate::routes::{agent, analysis, experiments, ops, tasks};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -15,6 +15,8 @@ use crate::routes::{agent, experiments, ops, tasks};
         experiments::create, experiments::list, experiments::get, experiments::update,
         experiments::delete, experiments::start, experiments::stop, experiments::rollback,
         experiments::events,
+        analysis::kpis, analysis::results, analysis::analysis, analysis::cost_analysis,
+        analysis::get_presets, analysis::put_presets,
         agent::enroll, agent::poll, agent::task_status, agent::heartbeat, agent::metrics,
         agent::logs,
         tasks::enqueue, tasks::list, tasks::get,
@@ -25,6 +27,7 @@ use crate::routes::{agent, experiments, ops, tasks};
         (name = "experiments", description = "A/B experiments and their lifecycle"),
         (name = "agent", description = "What agents call; authenticated with X-Agent-Host-ID and a bearer secret"),
         (name = "tasks", description = "The task queue"),
+        (name = "cost", description = "Pricing presets and what experiments save"),
         (name = "fleet", description = "Agents as the control plane sees them"),
         (name = "ops", description = "Health, readiness, metrics"),
     )

@@ -47,6 +47,8 @@ pub struct Timings {
     pub heartbeat_interval: Duration,
     pub offline_after: Duration,
     pub claim_batch_max: u32,
+    /// An experiment whose targets have not all started this long after `start` fails.
+    pub experiment_start_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -70,6 +72,9 @@ pub struct Service {
     enqueues: Batcher<NewTask, Result<Enqueued, StoreError>>,
     /// Claims of the long-polls that wake together ([`Store::claim_tasks_for_hosts`]).
     claims: Batcher<(HostId, u32), Result<Vec<Task>, StoreError>>,
+    /// Analyses this process ran (interim and final), for `/metrics` and the tests that
+    /// prove each interval is analysed once across replicas.
+    pub analyses_run: std::sync::atomic::AtomicU64,
 }
 
 /// How long cached agent credentials are trusted without a change notification.
@@ -260,6 +265,7 @@ impl Service {
             reports,
             enqueues,
             claims,
+            analyses_run: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

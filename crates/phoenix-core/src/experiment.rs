@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::analysis::AnalysisSpec;
 use crate::ids::{ExperimentId, HostId};
 
 /// Where an experiment is in its life.
@@ -304,6 +305,9 @@ pub struct Experiment {
     #[schema(value_type = Object)]
     pub parameters: serde_json::Value,
     pub owner: Option<String>,
+    /// How the run is judged: analysis interval, guardrails, automatic rollback.
+    #[serde(default)]
+    pub analysis: AnalysisSpec,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -328,6 +332,7 @@ impl Experiment {
             duration_seconds: new.duration_seconds,
             parameters: new.parameters,
             owner: new.owner,
+            analysis: new.analysis,
             created_at: now,
             updated_at: now,
             started_at: None,
@@ -365,7 +370,8 @@ impl Experiment {
             || patch.mode.is_some()
             || patch.candidate_share_percent.is_some()
             || patch.duration_seconds.is_some()
-            || patch.parameters.is_some();
+            || patch.parameters.is_some()
+            || patch.analysis.is_some();
         if shapes_run && self.phase != ExperimentPhase::Pending {
             return Err(PatchError::NotPending {
                 current: self.phase,
@@ -388,6 +394,7 @@ impl Experiment {
         set!(mode);
         set!(duration_seconds);
         set!(parameters);
+        set!(analysis);
         if let Some(share) = patch.candidate_share_percent {
             self.candidate_share_percent = Some(share);
             changed.push("candidate_share_percent");
@@ -470,6 +477,9 @@ pub struct NewExperiment {
     pub parameters: serde_json::Value,
     #[serde(default)]
     pub owner: Option<String>,
+    /// Analysis interval, guardrails and automatic rollback; every field has a default.
+    #[serde(default)]
+    pub analysis: AnalysisSpec,
 }
 
 /// Limits on user-supplied experiment fields.
@@ -491,6 +501,7 @@ impl NewExperiment {
         validate_duration(self.duration_seconds, &mut e);
         validate_parameters(&self.parameters, &mut e);
         validate_mode(self.mode, self.candidate_share_percent, &mut e);
+        self.analysis.validate_into("analysis", &mut e);
         e.into_result()
     }
 }
@@ -509,6 +520,7 @@ pub struct ExperimentPatch {
     pub duration_seconds: Option<u64>,
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<serde_json::Value>,
+    pub analysis: Option<AnalysisSpec>,
 }
 
 impl ExperimentPatch {
@@ -533,6 +545,9 @@ impl ExperimentPatch {
         }
         if let Some(v) = &self.parameters {
             validate_parameters(v, e);
+        }
+        if let Some(v) = &self.analysis {
+            v.validate_into("analysis", e);
         }
     }
 }

@@ -9,7 +9,9 @@ use uuid::Uuid;
 use crate::experiment::FieldErrors;
 use crate::ids::ExperimentId;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Variant {
     Baseline,

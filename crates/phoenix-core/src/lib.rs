@@ -3,7 +3,9 @@
 //! rules the product promises can be tested with plain unit and property tests.
 
 pub mod agent;
+pub mod analysis;
 pub mod clock;
+pub mod cost;
 pub mod experiment;
 pub mod ids;
 pub mod kpi;
@@ -11,6 +13,7 @@ pub mod stats;
 pub mod task;
 
 pub use agent::{Agent, AgentHealth, Heartbeat, ResourceUsage};
+pub use analysis::{AnalysisResult, AnalysisSpec, Decision, Guardrails, KpiRow};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use experiment::{
     apply as apply_command, EventKind, Experiment, ExperimentCommand, ExperimentEvent,

@@ -88,6 +88,7 @@ macro_rules! conformance_suite {
             claims_for_many_hosts_hand_each_task_to_one_of_them,
             stopping_an_experiment_cancels_its_unclaimed_tasks,
             tasks_an_agent_does_not_hold_go_back_to_the_queue,
+            one_runner_claims_each_analysis_and_a_dead_ones_claim_is_taken_over,
             kpi_replay_is_not_stored_twice,
             latest_reduction_uses_candidates_latest_interval,
             agent_logs_round_trip_newest_first,
@@ -133,6 +134,11 @@ pub fn experiment(name: &str, created_at: DateTime<Utc>) -> Experiment {
         duration_seconds: 600,
         parameters: json!({"k": 10, "nested": {"list": [1, 2, 3]}}),
         owner: Some("alice".to_string()),
+        analysis: phoenix_core::AnalysisSpec {
+            interval_seconds: 30,
+            auto_rollback: false,
+            ..Default::default()
+        },
     };
     Experiment::create(ExperimentId::new(), new, created_at)
 }
@@ -2182,4 +2188,109 @@ pub async fn tasks_an_agent_does_not_hold_go_back_to_the_queue(store: SharedStor
     let back = store.claim_tasks(&a, 10, lease(), now).await.unwrap();
     assert_eq!(back.iter().map(|t| t.id).collect::<Vec<_>>(), vec![ids[2]]);
     assert_eq!(back[0].attempts, 2);
+}
+
+/// Analyses: one claim per (experiment, seq) across concurrent callers; an unfinished claim
+/// older than the stale cutoff can be taken over, a finished one never; the final analysis
+/// lists first. The analysis spec round-trips with the experiment.
+pub async fn one_runner_claims_each_analysis_and_a_dead_ones_claim_is_taken_over(
+    store: SharedStore,
+) {
+    let e = created(&store, "analysed", t0()).await;
+    assert_eq!(
+        store.get_experiment(e.id).await.unwrap().analysis,
+        e.analysis
+    );
+    let now = t0() + Duration::seconds(60);
+    let stale = now - Duration::seconds(300);
+    let claims = futures::future::join_all((0..8).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .claim_analysis(e.id, 1, false, &format!("replica-{i}"), now, stale)
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    assert_eq!(claims.iter().filter(|c| **c).count(), 1, "{claims:?}");
+
+    // Unfinished, but not stale yet: nobody else gets it.
+    let later = now + Duration::seconds(10);
+    assert!(!store
+        .claim_analysis(
+            e.id,
+            1,
+            false,
+            "late",
+            later,
+            later - Duration::seconds(300)
+        )
+        .await
+        .unwrap());
+    // Its runner died: after the stale cutoff another replica takes it over.
+    let much_later = now + Duration::seconds(400);
+    assert!(store
+        .claim_analysis(
+            e.id,
+            1,
+            false,
+            "rescuer",
+            much_later,
+            much_later - Duration::seconds(300)
+        )
+        .await
+        .unwrap());
+    store
+        .finish_analysis(
+            e.id,
+            1,
+            "inconclusive",
+            &json!({"decision": "inconclusive"}),
+            much_later,
+        )
+        .await
+        .unwrap();
+    // Finished: never claimed again.
+    let far = much_later + Duration::seconds(4000);
+    assert!(!store
+        .claim_analysis(e.id, 1, false, "again", far, far)
+        .await
+        .unwrap());
+
+    assert!(store
+        .claim_analysis(e.id, crate::FINAL_ANALYSIS_SEQ, true, "final", far, stale)
+        .await
+        .unwrap());
+    store
+        .finish_analysis(
+            e.id,
+            crate::FINAL_ANALYSIS_SEQ,
+            "promote",
+            &json!({"decision": "promote"}),
+            far,
+        )
+        .await
+        .unwrap();
+    assert!(store
+        .claim_analysis(e.id, 2, false, "two", far, stale)
+        .await
+        .unwrap());
+
+    let list = store.list_analyses(e.id, 10).await.unwrap();
+    let order: Vec<(i64, bool, Option<&str>)> = list
+        .iter()
+        .map(|a| (a.seq, a.is_final, a.decision.as_deref()))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            (crate::FINAL_ANALYSIS_SEQ, true, Some("promote")),
+            (2, false, None),
+            (1, false, Some("inconclusive")),
+        ]
+    );
+    assert_eq!(list[2].runner, "rescuer");
+    assert_eq!(list[2].finished_at, Some(much_later));
+    assert_eq!(list[0].result, Some(json!({"decision": "promote"})));
 }

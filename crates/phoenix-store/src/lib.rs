@@ -119,6 +119,23 @@ pub struct StoredKpiBatch {
     pub batch: KpiBatch,
 }
 
+/// One analysis run of an experiment: claimed by one API replica, then finished with its
+/// result. `seq` is the interval number since the start, `-1` for the final analysis.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredAnalysis {
+    pub experiment_id: ExperimentId,
+    pub seq: i64,
+    pub is_final: bool,
+    pub runner: String,
+    pub claimed_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub decision: Option<String>,
+    pub result: Option<serde_json::Value>,
+}
+
+/// The `seq` of an experiment's final analysis.
+pub const FINAL_ANALYSIS_SEQ: i64 = -1;
+
 /// Severity of an agent log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -419,6 +436,44 @@ pub trait Store: Send + Sync + Debug + 'static {
         experiment_id: ExperimentId,
         limit: u32,
     ) -> Result<Vec<StoredKpiBatch>>;
+    /// The most recent `max` KPI batches of an experiment, oldest first (not capped at a
+    /// page): what an analysis reads.
+    async fn experiment_kpis(
+        &self,
+        experiment_id: ExperimentId,
+        max: u32,
+    ) -> Result<Vec<StoredKpiBatch>>;
+
+    // ---- analyses ----
+
+    /// Take analysis `seq` of an experiment for `runner`. `true` for exactly one caller per
+    /// (experiment, seq), however many replicas ask, except that a claim left unfinished
+    /// since before `stale_before` (its replica died) can be taken over.
+    async fn claim_analysis(
+        &self,
+        experiment_id: ExperimentId,
+        seq: i64,
+        is_final: bool,
+        runner: &str,
+        now: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Record the result of a claimed analysis.
+    async fn finish_analysis(
+        &self,
+        experiment_id: ExperimentId,
+        seq: i64,
+        decision: &str,
+        result: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    /// An experiment's analyses, newest first (the final one, when there is one, first).
+    async fn list_analyses(
+        &self,
+        experiment_id: ExperimentId,
+        limit: u32,
+    ) -> Result<Vec<StoredAnalysis>>;
+
     /// Per experiment, the candidate's active-series reduction in percent over its most recent
     /// reported interval (summed across hosts).
     async fn latest_reduction_percent(&self) -> Result<Vec<(ExperimentId, f64)>>;

@@ -29,8 +29,8 @@ use crate::common::{
 };
 use crate::{
     AgentCredentials, AgentLogEntry, Backend, Enqueued, ExperimentQuery, KpiInsertOutcome, Page,
-    Result, Store, StoreError, StoredAgentLog, StoredKpiBatch, TaskQuery, TaskStatusUpdate,
-    TransitionOutcome, Wakeup, WakeupStream,
+    Result, Store, StoreError, StoredAgentLog, StoredAnalysis, StoredKpiBatch, TaskQuery,
+    TaskStatusUpdate, TransitionOutcome, Wakeup, WakeupStream,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -153,6 +153,7 @@ fn experiment_from_row(row: &PgRow) -> Result<Experiment> {
         )?,
         parameters: json(row, "parameters")?,
         owner: row.try_get("owner")?,
+        analysis: json(row, "analysis")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         started_at: row.try_get("started_at")?,
@@ -291,7 +292,8 @@ async fn save_experiment(conn: &mut PgConnection, e: &Experiment) -> Result<i64>
              phase_reason = $5, baseline_pipeline = $6, candidate_pipeline = $7,
              target_hosts = $8, mode = $9, candidate_share_percent = $10,
              duration_seconds = $11, parameters = $12, owner = $13, updated_at = $14,
-             started_at = $15, ended_at = $16, last_event_seq = last_event_seq + 1
+             started_at = $15, ended_at = $16, analysis = $18,
+             last_event_seq = last_event_seq + 1
          WHERE id = $17
          RETURNING last_event_seq",
     )
@@ -312,6 +314,7 @@ async fn save_experiment(conn: &mut PgConnection, e: &Experiment) -> Result<i64>
     .bind(e.started_at)
     .bind(e.ended_at)
     .bind(e.id.as_uuid())
+    .bind(to_json("analysis", &e.analysis)?)
     .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| not_found("experiment", e.id))?;
@@ -602,9 +605,9 @@ impl Store for PgStore {
             "INSERT INTO experiments (id, name, description, phase, promoted, phase_reason,
                  baseline_pipeline, candidate_pipeline, target_hosts, mode,
                  candidate_share_percent, duration_seconds, parameters, owner, created_at,
-                 updated_at, started_at, ended_at, last_event_seq)
+                 updated_at, started_at, ended_at, analysis, last_event_seq)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                 $18, 1)",
+                 $18, $19, 1)",
         )
         .bind(e.id.as_uuid())
         .bind(&e.name)
@@ -624,6 +627,7 @@ impl Store for PgStore {
         .bind(e.updated_at)
         .bind(e.started_at)
         .bind(e.ended_at)
+        .bind(to_json("analysis", &e.analysis)?)
         .execute(&mut *tx)
         .await?;
         insert_event(&mut tx, &event).await?;
@@ -1595,6 +1599,103 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(kpi_from_row).collect()
+    }
+
+    async fn experiment_kpis(
+        &self,
+        experiment_id: ExperimentId,
+        max: u32,
+    ) -> Result<Vec<StoredKpiBatch>> {
+        let rows = sqlx::query(
+            "SELECT * FROM (
+                 SELECT * FROM kpi_batches WHERE experiment_id = $1
+                 ORDER BY interval_end DESC, batch_id DESC LIMIT $2) recent
+             ORDER BY interval_end, batch_id",
+        )
+        .bind(experiment_id.as_uuid())
+        .bind(i64::from(max))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(kpi_from_row).collect()
+    }
+
+    async fn claim_analysis(
+        &self,
+        experiment_id: ExperimentId,
+        seq: i64,
+        is_final: bool,
+        runner: &str,
+        now: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO experiment_analyses (experiment_id, seq, is_final, runner, claimed_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (experiment_id, seq) DO UPDATE
+                 SET runner = excluded.runner, claimed_at = excluded.claimed_at
+                 WHERE experiment_analyses.finished_at IS NULL
+                   AND experiment_analyses.claimed_at < $6",
+        )
+        .bind(experiment_id.as_uuid())
+        .bind(seq)
+        .bind(is_final)
+        .bind(runner)
+        .bind(now)
+        .bind(stale_before)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn finish_analysis(
+        &self,
+        experiment_id: ExperimentId,
+        seq: i64,
+        decision: &str,
+        result: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE experiment_analyses SET finished_at = $3, decision = $4, result = $5
+             WHERE experiment_id = $1 AND seq = $2",
+        )
+        .bind(experiment_id.as_uuid())
+        .bind(seq)
+        .bind(now)
+        .bind(decision)
+        .bind(result)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_analyses(
+        &self,
+        experiment_id: ExperimentId,
+        limit: u32,
+    ) -> Result<Vec<StoredAnalysis>> {
+        let rows = sqlx::query(
+            "SELECT * FROM experiment_analyses WHERE experiment_id = $1
+             ORDER BY is_final DESC, seq DESC LIMIT $2",
+        )
+        .bind(experiment_id.as_uuid())
+        .bind(i64::from(page_limit(limit)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredAnalysis {
+                    experiment_id: ExperimentId(row.try_get("experiment_id")?),
+                    seq: row.try_get("seq")?,
+                    is_final: row.try_get("is_final")?,
+                    runner: row.try_get("runner")?,
+                    claimed_at: row.try_get("claimed_at")?,
+                    finished_at: row.try_get("finished_at")?,
+                    decision: row.try_get("decision")?,
+                    result: row.try_get("result")?,
+                })
+            })
+            .collect()
     }
 
     async fn latest_reduction_percent(&self) -> Result<Vec<(ExperimentId, f64)>> {

@@ -31,8 +31,8 @@ use crate::common::{
 };
 use crate::{
     AgentCredentials, AgentLogEntry, Backend, Enqueued, ExperimentQuery, KpiInsertOutcome, Page,
-    Result, Store, StoreError, StoredAgentLog, StoredKpiBatch, TaskQuery, TaskStatusUpdate,
-    TransitionOutcome, WakeupStream,
+    Result, Store, StoreError, StoredAgentLog, StoredAnalysis, StoredKpiBatch, TaskQuery,
+    TaskStatusUpdate, TransitionOutcome, WakeupStream,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -258,6 +258,7 @@ fn experiment_from_row(row: &SqliteRow) -> Result<Experiment> {
         )?,
         parameters: json(row, "parameters")?,
         owner: row.try_get("owner")?,
+        analysis: json(row, "analysis")?,
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
         started_at: opt_time(row, "started_at")?,
@@ -384,7 +385,8 @@ async fn save_experiment(conn: &mut SqliteConnection, e: &Experiment) -> Result<
              phase_reason = ?5, baseline_pipeline = ?6, candidate_pipeline = ?7,
              target_hosts = ?8, mode = ?9, candidate_share_percent = ?10,
              duration_seconds = ?11, parameters = ?12, owner = ?13, updated_at = ?14,
-             started_at = ?15, ended_at = ?16, last_event_seq = last_event_seq + 1
+             started_at = ?15, ended_at = ?16, analysis = ?18,
+             last_event_seq = last_event_seq + 1
          WHERE id = ?17
          RETURNING last_event_seq",
     )
@@ -405,6 +407,7 @@ async fn save_experiment(conn: &mut SqliteConnection, e: &Experiment) -> Result<
     .bind(opt_micros(e.started_at))
     .bind(opt_micros(e.ended_at))
     .bind(e.id.to_string())
+    .bind(to_json_text("analysis", &e.analysis)?)
     .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| not_found("experiment", e.id))?;
@@ -523,9 +526,9 @@ impl Store for SqliteStore {
             "INSERT INTO experiments (id, name, description, phase, promoted, phase_reason,
                  baseline_pipeline, candidate_pipeline, target_hosts, mode,
                  candidate_share_percent, duration_seconds, parameters, owner, created_at,
-                 updated_at, started_at, ended_at, last_event_seq)
+                 updated_at, started_at, ended_at, analysis, last_event_seq)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, 1)",
+                 ?18, ?19, 1)",
         )
         .bind(e.id.to_string())
         .bind(&e.name)
@@ -545,6 +548,7 @@ impl Store for SqliteStore {
         .bind(micros(e.updated_at))
         .bind(opt_micros(e.started_at))
         .bind(opt_micros(e.ended_at))
+        .bind(to_json_text("analysis", &e.analysis)?)
         .execute(&mut *tx)
         .await?;
         insert_event(&mut tx, &event).await?;
@@ -1376,6 +1380,109 @@ impl Store for SqliteStore {
         .fetch_all(&mut *self.read.get().await?)
         .await?;
         rows.iter().map(kpi_from_row).collect()
+    }
+
+    async fn experiment_kpis(
+        &self,
+        experiment_id: ExperimentId,
+        max: u32,
+    ) -> Result<Vec<StoredKpiBatch>> {
+        let rows = sqlx::query(
+            "SELECT * FROM (
+                 SELECT * FROM kpi_batches WHERE experiment_id = ?1
+                 ORDER BY interval_end DESC, batch_id DESC LIMIT ?2)
+             ORDER BY interval_end, batch_id",
+        )
+        .bind(experiment_id.to_string())
+        .bind(i64::from(max))
+        .fetch_all(&mut *self.read.get().await?)
+        .await?;
+        rows.iter().map(kpi_from_row).collect()
+    }
+
+    async fn claim_analysis(
+        &self,
+        experiment_id: ExperimentId,
+        seq: i64,
+        is_final: bool,
+        runner: &str,
+        now: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO experiment_analyses (experiment_id, seq, is_final, runner, claimed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (experiment_id, seq) DO UPDATE
+                 SET runner = excluded.runner, claimed_at = excluded.claimed_at
+                 WHERE experiment_analyses.finished_at IS NULL
+                   AND experiment_analyses.claimed_at < ?6",
+        )
+        .bind(experiment_id.to_string())
+        .bind(seq)
+        .bind(is_final)
+        .bind(runner)
+        .bind(micros(now))
+        .bind(micros(stale_before))
+        .execute(&mut *self.write.get().await?)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn finish_analysis(
+        &self,
+        experiment_id: ExperimentId,
+        seq: i64,
+        decision: &str,
+        result: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE experiment_analyses SET finished_at = ?3, decision = ?4, result = ?5
+             WHERE experiment_id = ?1 AND seq = ?2",
+        )
+        .bind(experiment_id.to_string())
+        .bind(seq)
+        .bind(micros(now))
+        .bind(decision)
+        .bind(to_json_text("result", result)?)
+        .execute(&mut *self.write.get().await?)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_analyses(
+        &self,
+        experiment_id: ExperimentId,
+        limit: u32,
+    ) -> Result<Vec<StoredAnalysis>> {
+        let rows = sqlx::query(
+            "SELECT * FROM experiment_analyses WHERE experiment_id = ?1
+             ORDER BY is_final DESC, seq DESC LIMIT ?2",
+        )
+        .bind(experiment_id.to_string())
+        .bind(i64::from(page_limit(limit)))
+        .fetch_all(&mut *self.read.get().await?)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let result: Option<String> = row.try_get("result")?;
+                Ok(StoredAnalysis {
+                    experiment_id: parse(
+                        "experiment_analyses.experiment_id",
+                        &text(row, "experiment_id")?,
+                    )?,
+                    seq: row.try_get("seq")?,
+                    is_final: row.try_get("is_final")?,
+                    runner: text(row, "runner")?,
+                    claimed_at: time(row, "claimed_at")?,
+                    finished_at: opt_time(row, "finished_at")?,
+                    decision: row.try_get("decision")?,
+                    result: result
+                        .map(|r| from_json_text("experiment_analyses.result", &r))
+                        .transpose()?,
+                })
+            })
+            .collect()
     }
 
     async fn latest_reduction_percent(&self) -> Result<Vec<(ExperimentId, f64)>> {

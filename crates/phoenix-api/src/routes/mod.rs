@@ -1,6 +1,7 @@
 //! HTTP handlers: read the request, call the service, map the result. No SQL, no rules.
 
 pub mod agent;
+pub mod analysis;
 pub mod experiments;
 pub mod ops;
 pub mod tasks;

@@ -32,6 +32,7 @@ pub fn test_config() -> Config {
     Config {
         enrollment_token: Some(ENROLL_TOKEN.to_string()),
         listen: "127.0.0.1:0".parse().unwrap(),
+        analysis_tick_interval: std::time::Duration::from_millis(200),
         ..Config::default()
     }
 }

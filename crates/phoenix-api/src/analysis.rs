@@ -1,0 +1,548 @@
+//! Experiments that decide: the scheduler that analyses running experiments (one runner per
+//! experiment per interval, through the store, whatever the number of replicas), ends them
+//! with a decision, and rolls them back when a guardrail breaks; KPI series, results and
+//! cost for the API.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use phoenix_core::analysis::{self, AnalysisResult, Decision, KpiPoint, KpiRow, KpiSeries};
+use phoenix_core::cost::{self, CostComparison, PricingPreset, Usage};
+use phoenix_core::{
+    Experiment, ExperimentCommand, ExperimentId, ExperimentPhase, FieldErrors, NewTask, TaskStatus,
+    TaskType,
+};
+use phoenix_store::{ExperimentQuery, StoredKpiBatch, TaskQuery, FINAL_ANALYSIS_SEQ};
+
+use phoenix_store::StoreError;
+
+use crate::service::{priority, Service, ServiceError, ServiceResult};
+
+/// Most KPI batches one analysis reads (the most recent ones). At 10 s KPI intervals this
+/// is an hour of 300 hosts × 2 variants; longer or wider runs are judged on their latest
+/// part (see `docs/analysis.md`).
+pub const MAX_ANALYSIS_ROWS: u32 = 250_000;
+/// A claimed analysis not finished after this long is taken over by another replica.
+const STALE_CLAIM_SECONDS: i64 = 300;
+const COST_PRESETS_SETTING: &str = "cost_presets";
+
+/// `GET /api/v1/experiments/{id}/kpis`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KpiReport {
+    pub experiment_id: ExperimentId,
+    pub interval_seconds: u64,
+    /// Per variant, per interval, summed across hosts.
+    pub baseline: Vec<KpiPoint>,
+    pub candidate: Vec<KpiPoint>,
+    pub summary: KpiSummary,
+}
+
+/// Means over the intervals both variants reported in.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct KpiSummary {
+    pub intervals: usize,
+    pub hosts: usize,
+    pub batches: usize,
+    pub baseline_output_series: Option<f64>,
+    pub candidate_output_series: Option<f64>,
+    pub input_series: Option<f64>,
+    pub reduction_percent: Option<f64>,
+    pub protected_coverage_percent: Option<f64>,
+    pub anomaly_recall_percent: Option<f64>,
+    pub max_total_error_percent: Option<f64>,
+}
+
+/// `GET /api/v1/experiments/{id}/results` (and `/analysis`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ResultsResponse {
+    pub experiment_id: ExperimentId,
+    pub phase: ExperimentPhase,
+    pub promoted: Option<bool>,
+    /// `stored`: the scheduler's latest analysis; `live`: computed for this request because
+    /// none is stored yet.
+    pub source: String,
+    /// When the analysis ran, and which API replica ran it.
+    pub analysed_at: Option<DateTime<Utc>>,
+    pub runner: Option<String>,
+    /// Analyses stored so far (interim ones and the final one).
+    pub analyses: usize,
+    pub result: AnalysisResult,
+}
+
+/// `GET /api/v1/experiments/{id}/cost-analysis`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CostAnalysis {
+    pub experiment_id: ExperimentId,
+    /// What the baseline and the candidate send on the experiment's targets (means over the
+    /// intervals both reported in).
+    pub before: Usage,
+    pub after: Usage,
+    /// The preset asked for (`?preset=`, else the first one).
+    pub selected: CostComparison,
+    /// Every preset, for comparison.
+    pub presets: Vec<CostComparison>,
+    pub intervals: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CostPresets {
+    pub presets: Vec<PricingPreset>,
+}
+
+fn to_rows(batches: &[StoredKpiBatch]) -> Vec<KpiRow> {
+    batches
+        .iter()
+        .map(|b| KpiRow {
+            host_id: b.host_id.clone(),
+            variant: b.batch.variant,
+            interval_start: b.batch.interval_start,
+            interval_end: b.batch.interval_end,
+            values: b.batch.values.clone(),
+            worst_metric: b
+                .batch
+                .details
+                .pointer("/worst_metric/metric")
+                .and_then(|m| m.as_str())
+                .map(str::to_string),
+        })
+        .collect()
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
+    let (mut n, mut s) = (0usize, 0.0);
+    for x in v {
+        n += 1;
+        s += x;
+    }
+    (n > 0).then(|| s / n as f64)
+}
+
+/// Pairs of (baseline, candidate) points for the intervals both reported in.
+fn paired(series: &KpiSeries) -> Vec<(&KpiPoint, &KpiPoint)> {
+    let base: std::collections::BTreeMap<_, _> = series
+        .baseline
+        .iter()
+        .map(|p| (p.interval_start, p))
+        .collect();
+    series
+        .candidate
+        .iter()
+        .filter_map(|c| base.get(&c.interval_start).map(|b| (*b, c)))
+        .collect()
+}
+
+impl Service {
+    async fn experiment_rows(&self, id: ExperimentId) -> ServiceResult<Vec<KpiRow>> {
+        Ok(to_rows(
+            &self.store.experiment_kpis(id, MAX_ANALYSIS_ROWS).await?,
+        ))
+    }
+
+    pub async fn experiment_kpis(&self, id: ExperimentId) -> ServiceResult<KpiReport> {
+        let exp = self.store.get_experiment(id).await?;
+        let rows = self.experiment_rows(id).await?;
+        let series = analysis::bucket(&rows, exp.analysis.interval_seconds);
+        let pairs = paired(&series);
+        let hosts = rows
+            .iter()
+            .map(|r| &r.host_id)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        let cand: Vec<&KpiRow> = rows
+            .iter()
+            .filter(|r| r.variant == phoenix_core::Variant::Candidate)
+            .collect();
+        let (p_in, p_out, a_in, a_kept) = cand.iter().fold((0u64, 0u64, 0u64, 0u64), |acc, r| {
+            let v = &r.values;
+            (
+                acc.0 + v.protected_series_in,
+                acc.1 + v.protected_series_out.min(v.protected_series_in),
+                acc.2 + v.anomalies_in,
+                acc.3 + v.anomalies_kept.min(v.anomalies_in),
+            )
+        });
+        let summary = KpiSummary {
+            intervals: pairs.len(),
+            hosts,
+            batches: rows.len(),
+            baseline_output_series: mean(pairs.iter().map(|(b, _)| b.output_series)),
+            candidate_output_series: mean(pairs.iter().map(|(_, c)| c.output_series)),
+            input_series: mean(pairs.iter().map(|(_, c)| c.input_series)),
+            reduction_percent: mean(pairs.iter().map(|(_, c)| c.reduction_percent)),
+            protected_coverage_percent: (p_in > 0).then(|| p_out as f64 / p_in as f64 * 100.0),
+            anomaly_recall_percent: (a_in > 0).then(|| a_kept as f64 / a_in as f64 * 100.0),
+            max_total_error_percent: cand
+                .iter()
+                .map(|r| r.values.max_total_error * 100.0)
+                .reduce(f64::max),
+        };
+        Ok(KpiReport {
+            experiment_id: id,
+            interval_seconds: series.interval_seconds,
+            baseline: series.baseline,
+            candidate: series.candidate,
+            summary,
+        })
+    }
+
+    pub async fn experiment_results(&self, id: ExperimentId) -> ServiceResult<ResultsResponse> {
+        let exp = self.store.get_experiment(id).await?;
+        let analyses = self.store.list_analyses(id, 500).await?;
+        let stored = analyses.iter().find_map(|a| {
+            let r = a.result.as_ref()?;
+            let parsed: AnalysisResult = serde_json::from_value(r.clone()).ok()?;
+            Some((a, parsed))
+        });
+        let finished = analyses.iter().filter(|a| a.finished_at.is_some()).count();
+        Ok(match stored {
+            Some((a, result)) => ResultsResponse {
+                experiment_id: id,
+                phase: exp.phase,
+                promoted: exp.promoted,
+                source: "stored".into(),
+                analysed_at: a.finished_at,
+                runner: Some(a.runner.clone()),
+                analyses: finished,
+                result,
+            },
+            None => {
+                let rows = self.experiment_rows(id).await?;
+                ResultsResponse {
+                    experiment_id: id,
+                    phase: exp.phase,
+                    promoted: exp.promoted,
+                    source: "live".into(),
+                    analysed_at: Some(self.clock.now()),
+                    runner: None,
+                    analyses: finished,
+                    result: analysis::analyze(&exp.analysis, &rows, false),
+                }
+            }
+        })
+    }
+
+    // ---- cost ----
+
+    pub async fn cost_presets(&self) -> ServiceResult<Vec<PricingPreset>> {
+        match self.store.get_setting(COST_PRESETS_SETTING).await? {
+            Some(v) => match serde_json::from_value::<Vec<PricingPreset>>(v) {
+                Ok(p) if !p.is_empty() => Ok(p),
+                _ => Ok(cost::default_presets()),
+            },
+            None => Ok(cost::default_presets()),
+        }
+    }
+
+    pub async fn put_cost_presets(
+        &self,
+        presets: Vec<PricingPreset>,
+    ) -> ServiceResult<Vec<PricingPreset>> {
+        cost::validate_presets(&presets)?;
+        let value = serde_json::to_value(&presets)
+            .map_err(|e| StoreError::Corrupt(format!("cannot serialise cost presets: {e}")))?;
+        self.store
+            .put_setting(COST_PRESETS_SETTING, &value, self.clock.now())
+            .await?;
+        Ok(presets)
+    }
+
+    pub async fn cost_analysis(
+        &self,
+        id: ExperimentId,
+        preset: Option<&str>,
+    ) -> ServiceResult<CostAnalysis> {
+        let exp = self.store.get_experiment(id).await?;
+        let presets = self.cost_presets().await?;
+        let selected = match preset {
+            Some(name) => presets.iter().find(|p| p.name == name).ok_or_else(|| {
+                let mut e = FieldErrors::default();
+                e.push(
+                    "preset",
+                    format!(
+                        "unknown preset `{}`; known: {}",
+                        name.chars().take(64).collect::<String>(),
+                        presets
+                            .iter()
+                            .map(|p| p.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+                ServiceError::from(e)
+            })?,
+            None => &presets[0],
+        };
+        let rows = self.experiment_rows(id).await?;
+        let series = analysis::bucket(&rows, exp.analysis.interval_seconds);
+        let pairs = paired(&series);
+        let secs = series.interval_seconds.max(1) as f64;
+        let usage = |p: &KpiPoint| Usage {
+            active_series: p.output_series,
+            samples_per_second: p.output_samples as f64 / secs,
+            bytes_per_second: p.output_bytes as f64 / secs,
+        };
+        let avg = |f: &dyn Fn(&(&KpiPoint, &KpiPoint)) -> Usage| -> Usage {
+            let n = pairs.len().max(1) as f64;
+            let mut u = Usage::default();
+            for p in &pairs {
+                let x = f(p);
+                u.active_series += x.active_series / n;
+                u.samples_per_second += x.samples_per_second / n;
+                u.bytes_per_second += x.bytes_per_second / n;
+            }
+            u
+        };
+        let before = avg(&|(b, _)| usage(b));
+        let after = avg(&|(_, c)| usage(c));
+        Ok(CostAnalysis {
+            experiment_id: id,
+            before,
+            after,
+            selected: cost::compare(selected, &before, &after),
+            presets: presets
+                .iter()
+                .map(|p| cost::compare(p, &before, &after))
+                .collect(),
+            intervals: pairs.len(),
+        })
+    }
+
+    // ---- the scheduler ----
+
+    /// One pass over the experiments that need looking at. Safe to run on every replica at
+    /// once: analyses are claimed through the store, phase changes are compare-and-set.
+    pub async fn analysis_tick(&self, runner: &str) -> ServiceResult<()> {
+        for phase in [
+            ExperimentPhase::Initializing,
+            ExperimentPhase::Running,
+            ExperimentPhase::Analyzing,
+        ] {
+            let mut offset = 0;
+            loop {
+                let page = self
+                    .store
+                    .list_experiments(&ExperimentQuery {
+                        phase: Some(phase),
+                        limit: 500,
+                        offset,
+                    })
+                    .await?;
+                let n = page.items.len();
+                for exp in page.items {
+                    if let Err(e) = self.look_at(&exp, runner).await {
+                        tracing::warn!(experiment_id = %exp.id, error = %e, "analysis step failed; retried next tick");
+                    }
+                }
+                if n < 500 {
+                    break;
+                }
+                offset += n as u64;
+            }
+        }
+        Ok(())
+    }
+
+    async fn look_at(&self, exp: &Experiment, runner: &str) -> ServiceResult<()> {
+        let now = self.clock.now();
+        let Some(started) = exp.started_at else {
+            return Ok(());
+        };
+        let elapsed = (now - started).num_seconds().max(0) as u64;
+        match exp.phase {
+            ExperimentPhase::Initializing
+                if elapsed >= self.timings.experiment_start_timeout.as_secs() =>
+            {
+                self.fail_unstarted(exp).await?;
+            }
+            ExperimentPhase::Running => {
+                if elapsed >= exp.duration_seconds {
+                    self.ignore_conflict(
+                        self.transition(exp.id, ExperimentCommand::BeginAnalysis, &[])
+                            .await,
+                    )?;
+                    let exp = self.store.get_experiment(exp.id).await?;
+                    if exp.phase == ExperimentPhase::Analyzing {
+                        self.finish(&exp, runner).await?;
+                    }
+                    return Ok(());
+                }
+                let seq = (elapsed / exp.analysis.interval_seconds.max(1)) as i64;
+                if self.claim(exp.id, seq, false, runner).await? {
+                    self.interim(exp, seq).await?;
+                }
+            }
+            ExperimentPhase::Analyzing => self.finish(exp, runner).await?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        id: ExperimentId,
+        seq: i64,
+        is_final: bool,
+        runner: &str,
+    ) -> ServiceResult<bool> {
+        let now = self.clock.now();
+        Ok(self
+            .store
+            .claim_analysis(
+                id,
+                seq,
+                is_final,
+                runner,
+                now,
+                now - chrono::Duration::seconds(STALE_CLAIM_SECONDS),
+            )
+            .await?)
+    }
+
+    fn ignore_conflict<T>(&self, r: ServiceResult<T>) -> ServiceResult<Option<T>> {
+        match r {
+            Ok(v) => Ok(Some(v)),
+            // Another replica (or a user) moved it first.
+            Err(ServiceError::Store(StoreError::Transition(_))) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn interim(&self, exp: &Experiment, seq: i64) -> ServiceResult<()> {
+        let rows = self.experiment_rows(exp.id).await?;
+        let result = analysis::analyze(&exp.analysis, &rows, false);
+        self.store_result(exp.id, seq, &result).await?;
+        if let (Some(b), true) = (&result.breach, exp.analysis.auto_rollback) {
+            let reason = format!(
+                "automatic rollback: guardrail {} breached{}{}: {}",
+                b.guardrail,
+                b.metric
+                    .as_ref()
+                    .map(|m| format!(" on metric `{m}`"))
+                    .unwrap_or_default(),
+                b.host_id
+                    .as_ref()
+                    .map(|h| format!(" on host {h}"))
+                    .unwrap_or_default(),
+                b.message
+            );
+            tracing::warn!(experiment_id = %exp.id, %reason, "rolling back");
+            self.ignore_conflict(self.rollback_experiment(exp.id, Some(reason)).await)?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&self, exp: &Experiment, runner: &str) -> ServiceResult<()> {
+        if !self.claim(exp.id, FINAL_ANALYSIS_SEQ, true, runner).await? {
+            return Ok(());
+        }
+        let rows = self.experiment_rows(exp.id).await?;
+        let result = analysis::analyze(&exp.analysis, &rows, true);
+        self.store_result(exp.id, FINAL_ANALYSIS_SEQ, &result)
+            .await?;
+        let promoted = result.decision == Decision::Promote;
+        let mut reason = format!("decision {}", result.decision.as_str());
+        if let Some(first) = result.reasons.first() {
+            reason.push_str(": ");
+            reason.push_str(first);
+        }
+        // Promote: the candidate becomes the live pipeline on every target. Otherwise the
+        // targets go back to the baseline (rollback) or simply end the run (inconclusive).
+        let action = match result.decision {
+            Decision::Promote => "promote",
+            Decision::Rollback => "rollback",
+            Decision::Inconclusive => "stop",
+        };
+        let tasks: Vec<NewTask> = exp
+            .target_hosts
+            .iter()
+            .map(|host| {
+                let mut t = NewTask::new(
+                    TaskType::Experiment,
+                    json!({ "action": action, "experiment_id": exp.id }),
+                )
+                .for_host(host.clone());
+                t.experiment_id = Some(exp.id);
+                t.priority = if promoted {
+                    priority::START
+                } else {
+                    priority::ROLLBACK
+                };
+                t.idempotency_key = Some(format!("experiment:{}:{action}:{host}", exp.id));
+                t
+            })
+            .collect();
+        tracing::info!(experiment_id = %exp.id, decision = result.decision.as_str(), "experiment decided");
+        self.ignore_conflict(
+            self.transition(
+                exp.id,
+                ExperimentCommand::Complete { promoted, reason },
+                &tasks,
+            )
+            .await,
+        )?;
+        Ok(())
+    }
+
+    async fn store_result(
+        &self,
+        id: ExperimentId,
+        seq: i64,
+        result: &AnalysisResult,
+    ) -> ServiceResult<()> {
+        self.analyses_run
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let value = serde_json::to_value(result)
+            .map_err(|e| StoreError::Corrupt(format!("cannot serialise an analysis: {e}")))?;
+        self.store
+            .finish_analysis(id, seq, result.decision.as_str(), &value, self.clock.now())
+            .await?;
+        Ok(())
+    }
+
+    /// The start timed out: fail, naming the hosts whose start task has not run.
+    async fn fail_unstarted(&self, exp: &Experiment) -> ServiceResult<()> {
+        let tasks = self
+            .store
+            .list_tasks(&TaskQuery {
+                experiment_id: Some(exp.id),
+                limit: 500,
+                ..Default::default()
+            })
+            .await?;
+        let mut waiting: Vec<String> = tasks
+            .items
+            .iter()
+            .filter(|t| {
+                t.task_type == TaskType::Experiment
+                    && t.payload.get("action").and_then(|a| a.as_str()) == Some("start")
+                    && !matches!(t.status, TaskStatus::Running | TaskStatus::Completed)
+            })
+            .filter_map(|t| t.host_id.as_ref().map(|h| format!("{h} ({})", t.status)))
+            .collect();
+        waiting.sort();
+        let shown = waiting
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let more = waiting.len().saturating_sub(20);
+        let reason = format!(
+            "targets did not start within {} s: {shown}{}",
+            self.timings.experiment_start_timeout.as_secs(),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
+        self.ignore_conflict(
+            self.transition(exp.id, ExperimentCommand::Fail { reason }, &[])
+                .await,
+        )?;
+        Ok(())
+    }
+}
