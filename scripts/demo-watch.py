@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Live view of a running experiment for scripts/demo: every few seconds, the progress,
 each agent's last-interval KPIs per variant (from the heartbeats in GET
-/api/v1/fleet/status) and the API's own reduction gauge (GET /metrics). Returns when
-every target has finished the experiment (its `start` task completed) or after the
-duration plus a margin; prints a summary. Standard library only."""
+/api/v1/fleet/status), the API's own reduction gauge (GET /metrics) and its latest
+analysis. Returns when the experiment has ended (its decision made) and every target has
+finished it (its `start` task completed), or after the duration plus a margin; prints the
+decision with its reasons, the guardrail table and the cost savings. Exits non-zero when
+the experiment did not end in `completed`. Standard library only."""
 import json
 import os
 import sys
@@ -45,6 +47,7 @@ def bar(fraction, width=30):
     return "[" + "#" * done + "-" * (width - done) + "]"
 
 
+TERMINAL = ("completed", "rolled_back", "failed", "stopped")
 started = time.time()
 best = {}
 last_api_reduction = None
@@ -60,6 +63,10 @@ while True:
         time.sleep(REFRESH)
         continue
     finished = [t for t in tasks if t["status"] in ("completed", "failed")]
+    try:
+        analysis = get(f"/api/v1/experiments/{experiment}/results")["result"]
+    except OSError:
+        analysis = None
     print(f"{bar(min(elapsed / duration, 1.0))} {min(elapsed, duration):5.0f}s/{duration:.0f}s  "
           f"experiment {experiment[:8]}… phase {phase}  "
           f"agents healthy {fleet['by_health'].get('healthy', 0)}/{fleet['total']}  "
@@ -80,10 +87,14 @@ while True:
     if reduction is not None:
         last_api_reduction = reduction
         print(f"  API: candidate reduction over the latest interval, all hosts: {reduction:.1f} %")
+    if analysis and analysis.get("intervals"):
+        red = analysis.get("reduction_percent")
+        print(f"  analysis: {analysis['intervals']} intervals, decision so far "
+              f"{analysis['decision']}" + (f", mean reduction {red:.1f} %" if red is not None else ""))
     print()
-    if tasks and len(finished) == len(tasks):
+    if tasks and len(finished) == len(tasks) and phase in TERMINAL:
         break
-    if elapsed > duration + 60:
+    if elapsed > duration + 90:
         print("  the experiment did not finish on every agent in time")
         sys.exit(1)
     time.sleep(REFRESH)
@@ -100,5 +111,27 @@ if best:
 elif last_api_reduction is not None:
     print(f"==> adaptive vs baseline on {len(finished)} agents: reduction {last_api_reduction:.1f} % "
           f"(the API's gauge over the last interval)")
-if any(t["status"] == "failed" for t in finished):
+
+exp = get(f"/api/v1/experiments/{experiment}")
+results = get(f"/api/v1/experiments/{experiment}/results")["result"]
+print(f"==> experiment {exp['phase']}: decision {results['decision']}"
+      + (" (candidate promoted)" if exp.get("promoted") else ""))
+for reason in results["reasons"]:
+    print(f"  - {reason}")
+print(f"  {'guardrail':<22}{'status':<14}{'observed':>10}{'threshold':>11}")
+for g in results["guardrails"]:
+    obs = "-" if g["observed"] is None else f"{g['observed']:.2f}"
+    thr = "-" if g["threshold"] is None else f"{g['threshold']:g}"
+    print(f"  {g['guardrail']:<22}{g['status']:<14}{obs:>10}{thr:>11}")
+cost = get(f"/api/v1/experiments/{experiment}/cost-analysis")
+sel = cost["selected"]
+print(f"==> cost ({sel['preset']} preset, {sel['currency']}): "
+      f"{cost['before']['active_series']:,.0f} -> {cost['after']['active_series']:,.0f} active series, "
+      f"{sel['before']['monthly']:,.2f} -> {sel['after']['monthly']:,.2f} a month: "
+      f"saves {sel['savings_monthly']:,.2f} a month, {sel['savings_yearly']:,.2f} a year "
+      f"({sel['savings_percent']:.1f} %)")
+for c in cost["presets"]:
+    if c["preset"] != sel["preset"]:
+        print(f"  under {c['preset']}: saves {c['savings_monthly']:,.2f} {c['currency']} a month")
+if any(t["status"] == "failed" for t in finished) or exp["phase"] != "completed":
     sys.exit(1)

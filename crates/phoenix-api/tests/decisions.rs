@@ -381,7 +381,7 @@ async fn analysis_and_cost_refuse_bad_input(s: &TestServer) {
             "/api/v1/experiments",
             json!({
                 "name": "bad", "baseline_pipeline": "baseline", "candidate_pipeline": "topk",
-                "analysis": { "interval_seconds": 1, "confidence": 1.5,
+                "analysis": { "interval_seconds": 0, "confidence": 1.5,
                               "guardrails": { "min_reduction_percent": 120 } }
             }),
         )

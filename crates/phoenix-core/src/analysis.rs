@@ -108,7 +108,7 @@ fn default_min_recall() -> f64 {
 /// Anomaly recall is judged only once this many anomalous series were seen: below it, one
 /// missed series swings the percentage by more than the bound allows.
 pub const MIN_ANOMALIES_FOR_RECALL: u64 = 20;
-pub const MIN_INTERVAL_SECONDS: u64 = 5;
+pub const MIN_INTERVAL_SECONDS: u64 = 1;
 pub const MAX_INTERVAL_SECONDS: u64 = 24 * 3600;
 
 impl AnalysisSpec {
@@ -734,7 +734,9 @@ pub fn analyze(spec: &AnalysisSpec, rows: &[KpiRow], final_: bool) -> AnalysisRe
     } else {
         Decision::Promote
     };
-    if decision == Decision::Promote || (final_ && breach.is_none()) {
+    if (decision == Decision::Promote || (final_ && breach.is_none()))
+        && !reasons.iter().any(|r| r.contains(&red.message))
+    {
         // State what holds, so a promotion explains itself.
         reasons.push(red.message.clone());
     }

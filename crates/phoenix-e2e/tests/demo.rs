@@ -70,8 +70,9 @@ async fn seeded_demo_experiment_can_be_started_stopped_and_listed() {
 
 /// `scripts/demo --once` with the debug binaries, a small load (the `app` profile: debug
 /// builds are too slow for the k8s one on a busy CI machine) and a short experiment: the
-/// API, three agents and the experiment start, the agents report both variants, and every
-/// agent finishes the experiment.
+/// API, three agents and the experiment start, the agents report both variants, every
+/// agent finishes the experiment, and the API's analysis ends it with `promote`, its reasons
+/// and the cost it saves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_script_runs_an_experiment_on_three_agents_and_shows_the_reduction() {
     let data =
@@ -83,7 +84,10 @@ async fn demo_script_runs_an_experiment_on_three_agents_and_shows_the_reduction(
         .env("PHOENIX_DEMO_NO_BUILD", "1")
         .env("PHOENIX_DEMO_PORT", phoenix_e2e::free_port().to_string())
         .env("PHOENIX_DEMO_DATA", &data)
-        .env("PHOENIX_DEMO_SECONDS", "8")
+        .env("PHOENIX_DEMO_SECONDS", "16")
+        .env("PHOENIX_DEMO_ANALYSIS_INTERVAL", "2")
+        // The `app` profile has fewer series to fold than `k8s` (about 71 % come off).
+        .env("PHOENIX_DEMO_MIN_REDUCTION", "50")
         .env("PHOENIX_DEMO_KPI_INTERVAL", "1s")
         .env("PHOENIX_DEMO_REFRESH", "1")
         .env("PHOENIX_DEMO_PROFILE", "app")
@@ -116,5 +120,12 @@ async fn demo_script_runs_an_experiment_on_three_agents_and_shows_the_reduction(
         .and_then(|r| r.parse().ok())
         .unwrap();
     assert!(reduction > 20.0, "{summary}");
+    // The run ends in a decision with its reasons and the money it saves.
+    assert!(
+        stdout.contains("==> experiment completed: decision promote (candidate promoted)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("protected_coverage    pass"), "{stdout}");
+    assert!(stdout.contains("a month, "), "no cost line:\n{stdout}");
     let _ = std::fs::remove_dir_all(&data);
 }
