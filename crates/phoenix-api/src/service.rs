@@ -35,6 +35,9 @@ pub enum ServiceError {
     Invalid(#[from] FieldErrors),
     #[error("{0}")]
     Unauthorized(String),
+    /// The request is well-formed but the state of things refuses it (409).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
 }
 
 pub type ServiceResult<T> = Result<T, ServiceError>;
@@ -319,7 +322,10 @@ impl Service {
     /// `pending → initializing`: one `deployment` and one `experiment` task per target host,
     /// enqueued in the same transaction as the phase change.
     pub async fn start_experiment(&self, id: ExperimentId) -> ServiceResult<TransitionOutcome> {
-        let exp = self.store.get_experiment(id).await?;
+        let mut exp = self.store.get_experiment(id).await?;
+        if exp.phase == phoenix_core::ExperimentPhase::Pending && !exp.target_selector.is_empty() {
+            exp = self.resolve_selector(exp).await?;
+        }
         if exp.phase == phoenix_core::ExperimentPhase::Pending && exp.target_hosts.is_empty() {
             let mut e = FieldErrors::default();
             e.push(
@@ -367,6 +373,64 @@ impl Service {
             tasks.push(run);
         }
         self.transition(id, ExperimentCommand::Start, &tasks).await
+    }
+
+    /// Adds the enrolled, unrevoked agents matching the experiment's `target_selector` to its
+    /// `target_hosts` (an `updated` event records them). A selector that matches nobody,
+    /// with no host listed either, is a 409: there would be nothing to run on.
+    async fn resolve_selector(&self, exp: Experiment) -> ServiceResult<Experiment> {
+        let agents = self.store.list_agents().await?;
+        let listed: std::collections::HashSet<&HostId> = exp.target_hosts.iter().collect();
+        let matched: Vec<HostId> = agents
+            .iter()
+            .filter(|a| {
+                !a.revoked
+                    && !listed.contains(&a.host_id)
+                    && exp
+                        .target_selector
+                        .iter()
+                        .all(|(k, v)| a.labels.get(k) == Some(v))
+            })
+            .map(|a| a.host_id.clone())
+            .collect();
+        if matched.is_empty() {
+            if exp.target_hosts.is_empty() {
+                let sel = exp
+                    .target_selector
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                return Err(ServiceError::Conflict {
+                    code: "no_targets",
+                    message: format!(
+                        "target_selector {{{sel}}} matches no enrolled agent and target_hosts is empty: nothing to run the experiment on"
+                    ),
+                });
+            }
+            return Ok(exp);
+        }
+        let mut hosts = exp.target_hosts.clone();
+        hosts.extend(matched);
+        if hosts.len() > phoenix_core::experiment::MAX_TARGET_HOSTS {
+            return Err(ServiceError::Conflict {
+                code: "too_many_targets",
+                message: format!(
+                    "target_selector matches {} hosts; at most {} can take part in one experiment",
+                    hosts.len(),
+                    phoenix_core::experiment::MAX_TARGET_HOSTS
+                ),
+            });
+        }
+        let patch = ExperimentPatch {
+            target_hosts: Some(hosts),
+            ..Default::default()
+        };
+        let (exp, _) = self
+            .store
+            .update_experiment(exp.id, patch, self.clock.now())
+            .await?;
+        Ok(exp)
     }
 
     pub async fn stop_experiment(
@@ -898,6 +962,9 @@ impl From<ServiceError> for crate::error::ApiError {
             ServiceError::Store(s) => s.into(),
             ServiceError::Invalid(f) => f.into(),
             ServiceError::Unauthorized(m) => crate::error::ApiError::unauthorized(m),
+            ServiceError::Conflict { code, message } => {
+                crate::error::ApiError::new(axum::http::StatusCode::CONFLICT, code, message)
+            }
         }
     }
 }

@@ -42,6 +42,7 @@ on_both_backends!(
     a_good_candidate_is_promoted_with_reasons_cost_and_promote_tasks,
     a_candidate_that_breaks_a_guardrail_is_rolled_back_naming_guardrail_metric_and_host,
     analysis_and_cost_refuse_bad_input,
+    a_target_selector_picks_agents_by_label_at_start_and_nobody_is_a_409,
 );
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -583,4 +584,90 @@ async fn targets_that_never_start_fail_the_experiment_naming_them() {
         "{reason}"
     );
     assert!(!reason.contains("node-a"), "{reason}");
+}
+
+async fn a_target_selector_picks_agents_by_label_at_start_and_nobody_is_a_409(s: &TestServer) {
+    for (host, cluster) in [("node-a", "eu-1"), ("node-b", "us-1"), ("node-c", "eu-1")] {
+        let secret = s.enroll(host).await;
+        let res = s
+            .agent(host, &secret)
+            .post(
+                "/api/v1/agent/heartbeat",
+                json!({ "labels": { "cluster": cluster, "namespace": "shop" } }),
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+    }
+    let res = s
+        .post(
+            "/api/v1/experiments",
+            json!({
+                "name": "by label", "baseline_pipeline": "baseline", "candidate_pipeline": "topk",
+                "target_selector": { "cluster": "eu-1", "namespace": "shop" }
+            }),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let res = s
+        .client
+        .post(s.url(&format!("/api/v1/experiments/{id}/start")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let e = get_json(s, &format!("/api/v1/experiments/{id}")).await;
+    assert_eq!(e["target_hosts"], json!(["node-a", "node-c"]), "{e}");
+    assert_eq!(e["phase"], "initializing");
+
+    // A selector that matches nobody, and no host listed: nothing to run on.
+    let res = s
+        .post(
+            "/api/v1/experiments",
+            json!({
+                "name": "nobody", "baseline_pipeline": "baseline", "candidate_pipeline": "topk",
+                "target_selector": { "cluster": "ap-9" }
+            }),
+        )
+        .await;
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let res = s
+        .client
+        .post(s.url(&format!("/api/v1/experiments/{id}/start")))
+        .send()
+        .await
+        .unwrap();
+    let body = error_body(res, 409).await;
+    assert_eq!(body["error"]["code"], "no_targets");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cluster=ap-9"),
+        "{body}"
+    );
+    let e = get_json(s, &format!("/api/v1/experiments/{id}")).await;
+    assert_eq!(e["phase"], "pending");
+
+    // A bad selector is a 400 naming it.
+    let res = s
+        .post(
+            "/api/v1/experiments",
+            json!({
+                "name": "bad", "baseline_pipeline": "baseline", "candidate_pipeline": "topk",
+                "target_selector": { "cluster": "" }
+            }),
+        )
+        .await;
+    let body = error_body(res, 400).await;
+    assert_eq!(
+        body["error"]["details"]["fields"][0]["field"],
+        "target_selector.cluster"
+    );
 }

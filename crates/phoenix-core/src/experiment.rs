@@ -2,6 +2,7 @@
 //! function from (current phase, command) to a [`Transition`] carrying the one event the change
 //! emits, or a [`TransitionError`] naming the current phase (the API answers 409 with it).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -298,6 +299,9 @@ pub struct Experiment {
     pub baseline_pipeline: String,
     pub candidate_pipeline: String,
     pub target_hosts: Vec<HostId>,
+    /// Agents whose labels hold every one of these pairs join `target_hosts` at start.
+    #[serde(default)]
+    pub target_selector: BTreeMap<String, String>,
     pub mode: ExperimentMode,
     /// Share of target hosts running the candidate in `split` mode, in percent.
     pub candidate_share_percent: Option<u8>,
@@ -327,6 +331,7 @@ impl Experiment {
             baseline_pipeline: new.baseline_pipeline,
             candidate_pipeline: new.candidate_pipeline,
             target_hosts: new.target_hosts,
+            target_selector: new.target_selector,
             mode: new.mode,
             candidate_share_percent: new.candidate_share_percent,
             duration_seconds: new.duration_seconds,
@@ -367,6 +372,7 @@ impl Experiment {
         let shapes_run = patch.baseline_pipeline.is_some()
             || patch.candidate_pipeline.is_some()
             || patch.target_hosts.is_some()
+            || patch.target_selector.is_some()
             || patch.mode.is_some()
             || patch.candidate_share_percent.is_some()
             || patch.duration_seconds.is_some()
@@ -391,6 +397,7 @@ impl Experiment {
         set!(baseline_pipeline);
         set!(candidate_pipeline);
         set!(target_hosts);
+        set!(target_selector);
         set!(mode);
         set!(duration_seconds);
         set!(parameters);
@@ -466,6 +473,10 @@ pub struct NewExperiment {
     pub candidate_pipeline: String,
     #[serde(default)]
     pub target_hosts: Vec<HostId>,
+    /// Label pairs (e.g. `{"namespace": "checkout", "cluster": "eu-1"}`): at start, every
+    /// enrolled agent whose labels hold all of them joins `target_hosts`.
+    #[serde(default)]
+    pub target_selector: BTreeMap<String, String>,
     #[serde(default)]
     pub mode: ExperimentMode,
     #[serde(default)]
@@ -498,6 +509,7 @@ impl NewExperiment {
         validate_pipeline("baseline_pipeline", &self.baseline_pipeline, &mut e);
         validate_pipeline("candidate_pipeline", &self.candidate_pipeline, &mut e);
         validate_targets(&self.target_hosts, &mut e);
+        validate_selector(&self.target_selector, &mut e);
         validate_duration(self.duration_seconds, &mut e);
         validate_parameters(&self.parameters, &mut e);
         validate_mode(self.mode, self.candidate_share_percent, &mut e);
@@ -515,6 +527,7 @@ pub struct ExperimentPatch {
     pub baseline_pipeline: Option<String>,
     pub candidate_pipeline: Option<String>,
     pub target_hosts: Option<Vec<HostId>>,
+    pub target_selector: Option<BTreeMap<String, String>>,
     pub mode: Option<ExperimentMode>,
     pub candidate_share_percent: Option<u8>,
     pub duration_seconds: Option<u64>,
@@ -539,6 +552,9 @@ impl ExperimentPatch {
         }
         if let Some(v) = &self.target_hosts {
             validate_targets(v, e);
+        }
+        if let Some(v) = &self.target_selector {
+            validate_selector(v, e);
         }
         if let Some(v) = self.duration_seconds {
             validate_duration(v, e);
@@ -590,6 +606,32 @@ fn validate_targets(t: &[HostId], e: &mut FieldErrors) {
             e.push(
                 format!("target_hosts[{i}]"),
                 format!("`{h}` is listed twice"),
+            );
+        }
+    }
+}
+
+/// Most label pairs in a target selector.
+pub const MAX_SELECTOR_LABELS: usize = 16;
+
+fn validate_selector(sel: &BTreeMap<String, String>, e: &mut FieldErrors) {
+    if sel.len() > MAX_SELECTOR_LABELS {
+        e.push(
+            "target_selector",
+            format!("must hold at most {MAX_SELECTOR_LABELS} labels"),
+        );
+    }
+    for (k, v) in sel {
+        if k.is_empty() || k.len() > 128 {
+            e.push("target_selector", "label names must be 1 to 128 bytes");
+        }
+        if v.is_empty() || v.len() > 256 {
+            e.push(
+                format!(
+                    "target_selector.{}",
+                    k.chars().take(128).collect::<String>()
+                ),
+                "must be 1 to 256 bytes",
             );
         }
     }

@@ -129,6 +129,7 @@ pub fn experiment(name: &str, created_at: DateTime<Utc>) -> Experiment {
         baseline_pipeline: "baseline".to_string(),
         candidate_pipeline: "topk".to_string(),
         target_hosts: vec![host("node-a"), host("node-b")],
+        target_selector: [("cluster".to_string(), "eu-1".to_string())].into(),
         mode: ExperimentMode::Shadow,
         candidate_share_percent: None,
         duration_seconds: 600,

@@ -154,6 +154,7 @@ fn experiment_from_row(row: &PgRow) -> Result<Experiment> {
         parameters: json(row, "parameters")?,
         owner: row.try_get("owner")?,
         analysis: json(row, "analysis")?,
+        target_selector: json(row, "target_selector")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         started_at: row.try_get("started_at")?,
@@ -293,6 +294,7 @@ async fn save_experiment(conn: &mut PgConnection, e: &Experiment) -> Result<i64>
              target_hosts = $8, mode = $9, candidate_share_percent = $10,
              duration_seconds = $11, parameters = $12, owner = $13, updated_at = $14,
              started_at = $15, ended_at = $16, analysis = $18,
+             target_selector = $19,
              last_event_seq = last_event_seq + 1
          WHERE id = $17
          RETURNING last_event_seq",
@@ -315,6 +317,7 @@ async fn save_experiment(conn: &mut PgConnection, e: &Experiment) -> Result<i64>
     .bind(e.ended_at)
     .bind(e.id.as_uuid())
     .bind(to_json("analysis", &e.analysis)?)
+    .bind(to_json("target_selector", &e.target_selector)?)
     .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| not_found("experiment", e.id))?;
@@ -605,9 +608,9 @@ impl Store for PgStore {
             "INSERT INTO experiments (id, name, description, phase, promoted, phase_reason,
                  baseline_pipeline, candidate_pipeline, target_hosts, mode,
                  candidate_share_percent, duration_seconds, parameters, owner, created_at,
-                 updated_at, started_at, ended_at, analysis, last_event_seq)
+                 updated_at, started_at, ended_at, analysis, target_selector, last_event_seq)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                 $18, $19, 1)",
+                 $18, $19, $20, 1)",
         )
         .bind(e.id.as_uuid())
         .bind(&e.name)
@@ -628,6 +631,7 @@ impl Store for PgStore {
         .bind(e.started_at)
         .bind(e.ended_at)
         .bind(to_json("analysis", &e.analysis)?)
+        .bind(to_json("target_selector", &e.target_selector)?)
         .execute(&mut *tx)
         .await?;
         insert_event(&mut tx, &event).await?;

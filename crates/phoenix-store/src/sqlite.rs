@@ -259,6 +259,7 @@ fn experiment_from_row(row: &SqliteRow) -> Result<Experiment> {
         parameters: json(row, "parameters")?,
         owner: row.try_get("owner")?,
         analysis: json(row, "analysis")?,
+        target_selector: json(row, "target_selector")?,
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
         started_at: opt_time(row, "started_at")?,
@@ -386,6 +387,7 @@ async fn save_experiment(conn: &mut SqliteConnection, e: &Experiment) -> Result<
              target_hosts = ?8, mode = ?9, candidate_share_percent = ?10,
              duration_seconds = ?11, parameters = ?12, owner = ?13, updated_at = ?14,
              started_at = ?15, ended_at = ?16, analysis = ?18,
+             target_selector = ?19,
              last_event_seq = last_event_seq + 1
          WHERE id = ?17
          RETURNING last_event_seq",
@@ -408,6 +410,7 @@ async fn save_experiment(conn: &mut SqliteConnection, e: &Experiment) -> Result<
     .bind(opt_micros(e.ended_at))
     .bind(e.id.to_string())
     .bind(to_json_text("analysis", &e.analysis)?)
+    .bind(to_json_text("target_selector", &e.target_selector)?)
     .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| not_found("experiment", e.id))?;
@@ -526,9 +529,9 @@ impl Store for SqliteStore {
             "INSERT INTO experiments (id, name, description, phase, promoted, phase_reason,
                  baseline_pipeline, candidate_pipeline, target_hosts, mode,
                  candidate_share_percent, duration_seconds, parameters, owner, created_at,
-                 updated_at, started_at, ended_at, analysis, last_event_seq)
+                 updated_at, started_at, ended_at, analysis, target_selector, last_event_seq)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, ?19, 1)",
+                 ?18, ?19, ?20, 1)",
         )
         .bind(e.id.to_string())
         .bind(&e.name)
@@ -549,6 +552,7 @@ impl Store for SqliteStore {
         .bind(opt_micros(e.started_at))
         .bind(opt_micros(e.ended_at))
         .bind(to_json_text("analysis", &e.analysis)?)
+        .bind(to_json_text("target_selector", &e.target_selector)?)
         .execute(&mut *tx)
         .await?;
         insert_event(&mut tx, &event).await?;
