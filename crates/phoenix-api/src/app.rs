@@ -20,7 +20,7 @@ use phoenix_store::{SharedStore, Wakeup};
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::routes::{agent, analysis, experiments, ops, tasks};
+use crate::routes::{agent, analysis, deployments, experiments, ops, tasks};
 use crate::service::{Service, Timings};
 use crate::telemetry::Metrics;
 use crate::waiters::Waiters;
@@ -108,6 +108,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/experiments/{id}/cost-analysis",
             get(analysis::cost_analysis),
+        )
+        .route(
+            "/api/v1/pipeline-deployments",
+            post(deployments::create).get(deployments::list),
+        )
+        .route(
+            "/api/v1/pipeline-deployments/{id}",
+            get(deployments::get).delete(deployments::withdraw),
         )
         .route(
             "/api/v1/cost/presets",

@@ -6,6 +6,7 @@ pub mod analysis;
 pub mod app;
 pub mod batch;
 pub mod config;
+pub mod deployments;
 pub mod error;
 pub mod extract;
 pub mod openapi;

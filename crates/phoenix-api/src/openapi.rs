@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{agent, analysis, experiments, ops, tasks};
+use crate::routes::{agent, analysis, deployments, experiments, ops, tasks};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -17,6 +17,7 @@ use crate::routes::{agent, analysis, experiments, ops, tasks};
         experiments::events,
         analysis::kpis, analysis::results, analysis::analysis, analysis::cost_analysis,
         analysis::get_presets, analysis::put_presets,
+        deployments::create, deployments::list, deployments::get, deployments::withdraw,
         agent::enroll, agent::poll, agent::task_status, agent::heartbeat, agent::metrics,
         agent::logs,
         tasks::enqueue, tasks::list, tasks::get,
@@ -27,6 +28,7 @@ use crate::routes::{agent, analysis, experiments, ops, tasks};
         (name = "experiments", description = "A/B experiments and their lifecycle"),
         (name = "agent", description = "What agents call; authenticated with X-Agent-Host-ID and a bearer secret"),
         (name = "tasks", description = "The task queue"),
+        (name = "pipelines", description = "Pipelines deployed outside experiments"),
         (name = "cost", description = "Pricing presets and what experiments save"),
         (name = "fleet", description = "Agents as the control plane sees them"),
         (name = "ops", description = "Health, readiness, metrics"),

@@ -379,20 +379,9 @@ impl Service {
     /// `target_hosts` (an `updated` event records them). A selector that matches nobody,
     /// with no host listed either, is a 409: there would be nothing to run on.
     async fn resolve_selector(&self, exp: Experiment) -> ServiceResult<Experiment> {
-        let agents = self.store.list_agents().await?;
-        let listed: std::collections::HashSet<&HostId> = exp.target_hosts.iter().collect();
-        let matched: Vec<HostId> = agents
-            .iter()
-            .filter(|a| {
-                !a.revoked
-                    && !listed.contains(&a.host_id)
-                    && exp
-                        .target_selector
-                        .iter()
-                        .all(|(k, v)| a.labels.get(k) == Some(v))
-            })
-            .map(|a| a.host_id.clone())
-            .collect();
+        let matched = self
+            .agents_matching(&exp.target_selector, &exp.target_hosts)
+            .await?;
         if matched.is_empty() {
             if exp.target_hosts.is_empty() {
                 let sel = exp

@@ -80,6 +80,7 @@ macro_rules! uuid_id {
 
 uuid_id!(ExperimentId, "experiment");
 uuid_id!(TaskId, "task");
+uuid_id!(DeploymentId, "pipeline deployment");
 
 /// The identity an agent runs under (`X-Agent-Host-ID`). 1–253 characters of
 /// `[A-Za-z0-9._-]`, the character set of a DNS name, so it is safe in labels, paths and logs.

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod analysis;
 pub mod clock;
 pub mod cost;
+pub mod deployment;
 pub mod experiment;
 pub mod ids;
 pub mod kpi;
@@ -15,11 +16,12 @@ pub mod task;
 pub use agent::{Agent, AgentHealth, Heartbeat, ResourceUsage};
 pub use analysis::{AnalysisResult, AnalysisSpec, Decision, Guardrails, KpiRow};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use deployment::{DeploymentStatus, NewPipelineDeployment, PipelineDeployment};
 pub use experiment::{
     apply as apply_command, EventKind, Experiment, ExperimentCommand, ExperimentEvent,
     ExperimentMode, ExperimentPatch, ExperimentPhase, FieldError, FieldErrors, NewExperiment,
     PatchError, Transition, TransitionError,
 };
-pub use ids::{ExperimentId, HostId, IdError, TaskId};
+pub use ids::{DeploymentId, ExperimentId, HostId, IdError, TaskId};
 pub use kpi::{KpiBatch, KpiValues, Variant};
 pub use task::{NewTask, Task, TaskStatus, TaskType};

@@ -89,6 +89,7 @@ macro_rules! conformance_suite {
             stopping_an_experiment_cancels_its_unclaimed_tasks,
             tasks_an_agent_does_not_hold_go_back_to_the_queue,
             one_runner_claims_each_analysis_and_a_dead_ones_claim_is_taken_over,
+            pipeline_deployments_round_trip_update_and_list_newest_first,
             kpi_replay_is_not_stored_twice,
             latest_reduction_uses_candidates_latest_interval,
             agent_logs_round_trip_newest_first,
@@ -2294,4 +2295,51 @@ pub async fn one_runner_claims_each_analysis_and_a_dead_ones_claim_is_taken_over
     assert_eq!(list[2].runner, "rescuer");
     assert_eq!(list[2].finished_at, Some(much_later));
     assert_eq!(list[0].result, Some(json!({"decision": "promote"})));
+}
+
+/// Pipeline deployments: stored whole, replaced by id, listed newest first, 404 when unknown.
+pub async fn pipeline_deployments_round_trip_update_and_list_newest_first(store: SharedStore) {
+    use phoenix_core::{DeploymentId, DeploymentStatus, PipelineDeployment, TaskId};
+    let make = |name: &str, at: DateTime<Utc>| PipelineDeployment {
+        id: DeploymentId::new(),
+        name: name.into(),
+        pipeline: "topk".into(),
+        parameters: json!({"k": 20}),
+        target_hosts: vec![host("node-a"), host("node-b")],
+        target_selector: [("cluster".to_string(), "eu-1".to_string())].into(),
+        status: DeploymentStatus::Active,
+        tasks: [(host("node-a"), TaskId::new())].into(),
+        withdraw_tasks: Default::default(),
+        created_at: at,
+        updated_at: at,
+    };
+    let first = make("first", t0());
+    let mut second = make("second", t0() + Duration::seconds(1));
+    store.save_pipeline_deployment(&first).await.unwrap();
+    store.save_pipeline_deployment(&second).await.unwrap();
+    assert_eq!(
+        store.get_pipeline_deployment(first.id).await.unwrap(),
+        first
+    );
+
+    second.status = DeploymentStatus::Withdrawn;
+    second.withdraw_tasks = [(host("node-b"), TaskId::new())].into();
+    second.updated_at = t0() + Duration::seconds(9);
+    store.save_pipeline_deployment(&second).await.unwrap();
+    assert_eq!(
+        store.get_pipeline_deployment(second.id).await.unwrap(),
+        second
+    );
+
+    let page = store.list_pipeline_deployments(10, 0).await.unwrap();
+    assert_eq!(page.total, 2);
+    let names: Vec<&str> = page.items.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, vec!["second", "first"]);
+    let page = store.list_pipeline_deployments(1, 1).await.unwrap();
+    assert_eq!(page.items[0].name, "first");
+
+    assert!(matches!(
+        store.get_pipeline_deployment(DeploymentId::new()).await,
+        Err(crate::StoreError::NotFound { .. })
+    ));
 }

@@ -16,8 +16,9 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 
 use phoenix_core::{
-    Agent, Experiment, ExperimentCommand, ExperimentEvent, ExperimentId, ExperimentPatch,
-    ExperimentPhase, Heartbeat, HostId, KpiBatch, NewTask, Task, TaskId, TaskStatus,
+    Agent, DeploymentId, Experiment, ExperimentCommand, ExperimentEvent, ExperimentId,
+    ExperimentPatch, ExperimentPhase, Heartbeat, HostId, KpiBatch, NewTask, PipelineDeployment,
+    Task, TaskId, TaskStatus,
 };
 
 mod common;
@@ -443,6 +444,18 @@ pub trait Store: Send + Sync + Debug + 'static {
         experiment_id: ExperimentId,
         max: u32,
     ) -> Result<Vec<StoredKpiBatch>>;
+
+    // ---- pipeline deployments ----
+
+    /// Store a new deployment, or replace the stored one with the same id.
+    async fn save_pipeline_deployment(&self, d: &PipelineDeployment) -> Result<()>;
+    async fn get_pipeline_deployment(&self, id: DeploymentId) -> Result<PipelineDeployment>;
+    /// Newest first.
+    async fn list_pipeline_deployments(
+        &self,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Page<PipelineDeployment>>;
 
     // ---- analyses ----
 

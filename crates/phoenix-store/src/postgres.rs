@@ -18,9 +18,9 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use phoenix_core::{
-    apply_command, Agent, Experiment, ExperimentCommand, ExperimentEvent, ExperimentId,
-    ExperimentPatch, ExperimentPhase, Heartbeat, HostId, KpiBatch, NewTask, Task, TaskId,
-    TaskStatus, Variant,
+    apply_command, Agent, DeploymentId, Experiment, ExperimentCommand, ExperimentEvent,
+    ExperimentId, ExperimentPatch, ExperimentPhase, Heartbeat, HostId, KpiBatch, NewTask,
+    PipelineDeployment, Task, TaskId, TaskStatus, Variant,
 };
 
 use crate::common::{
@@ -1621,6 +1621,57 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(kpi_from_row).collect()
+    }
+
+    async fn save_pipeline_deployment(&self, d: &PipelineDeployment) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO pipeline_deployments (id, created_at, body) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+        )
+        .bind(d.id.as_uuid())
+        .bind(d.created_at)
+        .bind(to_json("body", d)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_pipeline_deployment(&self, id: DeploymentId) -> Result<PipelineDeployment> {
+        let body: Option<serde_json::Value> =
+            sqlx::query_scalar("SELECT body FROM pipeline_deployments WHERE id = $1")
+                .bind(id.as_uuid())
+                .fetch_optional(&self.pool)
+                .await?;
+        let body = body.ok_or_else(|| not_found("pipeline deployment", id))?;
+        from_json_value("pipeline_deployments.body", body)
+    }
+
+    async fn list_pipeline_deployments(
+        &self,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Page<PipelineDeployment>> {
+        let limit = page_limit(limit);
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pipeline_deployments")
+            .fetch_one(&self.pool)
+            .await?;
+        let bodies: Vec<serde_json::Value> = sqlx::query_scalar(
+            "SELECT body FROM pipeline_deployments ORDER BY created_at DESC, id DESC
+             LIMIT $1 OFFSET $2",
+        )
+        .bind(i64::from(limit))
+        .bind(page_offset(offset))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Page {
+            items: bodies
+                .into_iter()
+                .map(|b| from_json_value("pipeline_deployments.body", b))
+                .collect::<Result<_>>()?,
+            total: to_u64("count", total)?,
+            limit,
+            offset,
+        })
     }
 
     async fn claim_analysis(

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod analysis;
+pub mod deployments;
 pub mod experiments;
 pub mod ops;
 pub mod tasks;
