@@ -210,6 +210,7 @@ impl Service {
             },
             None => {
                 let rows = self.experiment_rows(id).await?;
+                let extra = vec![self.used_labels_guardrail(&exp).await?];
                 ResultsResponse {
                     experiment_id: id,
                     phase: exp.phase,
@@ -218,7 +219,7 @@ impl Service {
                     analysed_at: Some(self.clock.now()),
                     runner: None,
                     analyses: finished,
-                    result: analysis::analyze(&exp.analysis, &rows, false),
+                    result: analysis::analyze(&exp.analysis, &rows, false, extra),
                 }
             }
         })
@@ -412,7 +413,8 @@ impl Service {
 
     async fn interim(&self, exp: &Experiment, seq: i64) -> ServiceResult<()> {
         let rows = self.experiment_rows(exp.id).await?;
-        let result = analysis::analyze(&exp.analysis, &rows, false);
+        let extra = vec![self.used_labels_guardrail(exp).await?];
+        let result = analysis::analyze(&exp.analysis, &rows, false, extra);
         self.store_result(exp.id, seq, &result).await?;
         if let (Some(b), true) = (&result.breach, exp.analysis.auto_rollback) {
             let reason = format!(
@@ -439,7 +441,8 @@ impl Service {
             return Ok(());
         }
         let rows = self.experiment_rows(exp.id).await?;
-        let result = analysis::analyze(&exp.analysis, &rows, true);
+        let extra = vec![self.used_labels_guardrail(exp).await?];
+        let result = analysis::analyze(&exp.analysis, &rows, true, extra);
         self.store_result(exp.id, FINAL_ANALYSIS_SEQ, &result)
             .await?;
         let promoted = result.decision == Decision::Promote;

@@ -118,6 +118,10 @@ pub fn router(state: AppState) -> Router {
             get(deployments::get).delete(deployments::withdraw),
         )
         .route(
+            "/api/v1/usage/queries",
+            post(analysis::upload_usage).get(analysis::usage),
+        )
+        .route(
             "/api/v1/cost/presets",
             get(analysis::get_presets).put(analysis::put_presets),
         )

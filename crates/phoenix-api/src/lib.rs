@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod routes;
 pub mod service;
 pub mod telemetry;
+pub mod usage;
 pub mod waiters;
 
 pub use app::{router, spawn_background, AppState};

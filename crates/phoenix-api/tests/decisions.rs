@@ -43,6 +43,8 @@ on_both_backends!(
     a_candidate_that_breaks_a_guardrail_is_rolled_back_naming_guardrail_metric_and_host,
     analysis_and_cost_refuse_bad_input,
     a_target_selector_picks_agents_by_label_at_start_and_nobody_is_a_409,
+    a_candidate_dropping_a_label_an_alert_uses_is_rolled_back,
+    unparsable_promql_is_a_400_naming_the_rule,
 );
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -243,6 +245,7 @@ async fn a_good_candidate_is_promoted_with_reasons_cost_and_promote_tasks(s: &Te
             ("max_total_error", "pass"),
             ("min_anomaly_recall", "pass"),
             ("max_added_cpu", "not_enforced"),
+            ("used_labels", "no_data"),
         ]
     );
     // The same at its other address.
@@ -670,4 +673,148 @@ async fn a_target_selector_picks_agents_by_label_at_start_and_nobody_is_a_409(s:
         body["error"]["details"]["fields"][0]["field"],
         "target_selector.cluster"
     );
+}
+
+const RULES: &str = r#"
+groups:
+  - name: api
+    rules:
+      - alert: HighErrorRate
+        expr: sum by (service) (rate(http_requests_total{status=~"5.."}[5m])) / sum by (service) (rate(http_requests_total[5m])) > 0.05
+      - record: job:latency:p99
+        expr: histogram_quantile(0.99, sum by (le, job) (rate(http_request_duration_seconds_bucket[5m])))
+"#;
+
+async fn a_candidate_dropping_a_label_an_alert_uses_is_rolled_back(s: &TestServer) {
+    let res = s
+        .post(
+            "/api/v1/usage/queries",
+            json!({ "source": "alerts/api.yml", "rules": RULES,
+                    "queries": ["topk(5, sum by (pod) (rate(container_cpu_usage_seconds_total[1m])))"] }),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let up: Value = res.json().await.unwrap();
+    assert_eq!(up["queries"].as_array().unwrap().len(), 3);
+    assert_eq!(up["queries"][0]["name"], "HighErrorRate");
+    let usage = get_json(s, "/api/v1/usage/queries").await;
+    let labels: Vec<String> = usage["protected_labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            format!(
+                "{}:{}",
+                l["metric"].as_str().unwrap(),
+                l["label"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for want in [
+        "http_requests_total:status",
+        "http_requests_total:service",
+        "http_request_duration_seconds_bucket:le",
+        "container_cpu_usage_seconds_total:pod",
+    ] {
+        assert!(
+            labels.iter().any(|l| l == want),
+            "{want} missing from {labels:?}"
+        );
+    }
+
+    // The candidate aggregates the stable series without `status`: the alert would break.
+    let secret = s.enroll("node-a").await;
+    let agents = [s.agent("node-a", &secret)];
+    let res = s
+        .post(
+            "/api/v1/experiments",
+            json!({
+                "name": "drops status", "baseline_pipeline": "baseline",
+                "candidate_pipeline": "adaptive",
+                "parameters": { "without": ["status", "instance"] },
+                "target_hosts": ["node-a"], "duration_seconds": 3600,
+                "analysis": { "interval_seconds": 5 }
+            }),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    run_on(s, &id, &agents, &[vec![]]).await;
+    let exp = wait_for_phase(s, &id, "rolled_back", Duration::from_secs(20)).await;
+    let reason = exp["phase_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("used_labels")
+            && reason.contains("`status`")
+            && reason.contains("http_requests_total")
+            && reason.contains("HighErrorRate"),
+        "{reason}"
+    );
+
+    // The same candidate keeping `status` (dropping only `pod`, which no query here groups
+    // http_requests_total by) passes the guardrail.
+    let res = s
+        .post(
+            "/api/v1/experiments",
+            json!({
+                "name": "keeps status", "baseline_pipeline": "baseline",
+                "candidate_pipeline": "adaptive",
+                "parameters": { "without": ["instance"] },
+                "target_hosts": ["node-a"], "duration_seconds": 3600
+            }),
+        )
+        .await;
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = get_json(s, &format!("/api/v1/experiments/{id}/results")).await;
+    let g = r["result"]["guardrails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["guardrail"] == "used_labels")
+        .cloned()
+        .unwrap();
+    assert_eq!(g["status"], "pass", "{g}");
+}
+
+async fn unparsable_promql_is_a_400_naming_the_rule(s: &TestServer) {
+    let rules = "groups:\n  - name: g\n    rules:\n      - alert: Ok\n        expr: up == 0\n      - alert: Broken\n        expr: sum(rate(x[5m])\n";
+    let res = s
+        .post(
+            "/api/v1/usage/queries",
+            json!({ "source": "alerts.yml", "rules": rules, "queries": ["up", "foo bar"] }),
+        )
+        .await;
+    let body = error_body(res, 400).await;
+    let fields: Vec<(&str, &str)> = body["error"]["details"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["field"].as_str().unwrap(), f["problem"].as_str().unwrap()))
+        .collect();
+    assert_eq!(fields.len(), 2, "{body}");
+    assert_eq!(fields[0].0, "rules.groups[0].rules[1].expr");
+    assert!(fields[0].1.contains("unclosed left parenthesis"), "{body}");
+    assert_eq!(fields[1].0, "queries[1]");
+    assert!(fields[1].1.contains("foo bar"), "{body}");
+    // Not a rule file at all; nothing given.
+    let res = s
+        .post(
+            "/api/v1/usage/queries",
+            json!({ "source": "x", "rules": "groups: 3" }),
+        )
+        .await;
+    let body = error_body(res, 400).await;
+    assert_eq!(body["error"]["details"]["fields"][0]["field"], "rules");
+    let res = s
+        .post("/api/v1/usage/queries", json!({ "source": "x" }))
+        .await;
+    error_body(res, 400).await;
+    // Nothing was stored by the refused uploads.
+    let usage = get_json(s, "/api/v1/usage/queries").await;
+    assert_eq!(usage["sources"], json!([]));
 }

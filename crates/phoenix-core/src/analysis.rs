@@ -600,7 +600,15 @@ pub fn check_guardrails(
 /// The analysis of a run (or of the run so far). `rows` are all the experiment's KPI rows;
 /// `final_` says whether the run is over (an interim analysis never promotes: it only
 /// reports and, through the guardrails, may roll back).
-pub fn analyze(spec: &AnalysisSpec, rows: &[KpiRow], final_: bool) -> AnalysisResult {
+///
+/// `extra` are guardrails judged outside the KPIs (the API's check of the candidate against
+/// the labels users' queries need); they join the table and, in breach, decide.
+pub fn analyze(
+    spec: &AnalysisSpec,
+    rows: &[KpiRow],
+    final_: bool,
+    extra: Vec<GuardrailResult>,
+) -> AnalysisResult {
     let series = bucket(rows, spec.interval_seconds);
     // Intervals both variants reported in (shadow mode: every one).
     let base: BTreeMap<DateTime<Utc>, &KpiPoint> = series
@@ -682,6 +690,7 @@ pub fn analyze(spec: &AnalysisSpec, rows: &[KpiRow], final_: bool) -> AnalysisRe
         );
     }
     guardrails.insert(0, red.clone());
+    guardrails.extend(extra);
 
     // While running only the guardrails that must hold at every moment can end the run; the
     // reduction is judged once the run is over.

@@ -105,3 +105,24 @@ pub async fn put_presets(
         presets: s.service.put_cost_presets(body.presets).await?,
     }))
 }
+
+#[utoipa::path(post, path = "/api/v1/usage/queries", tag = "usage",
+    request_body = crate::usage::UsageUpload,
+    responses(
+        (status = 200, description = "parsed and stored; replaces an earlier upload of the same source", body = crate::usage::UsageSource),
+        (status = 400, description = "unparsable PromQL or rule file, each query named by its path, with the parser's message", body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody),
+    ))]
+pub async fn upload_usage(
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<crate::usage::UsageUpload>,
+) -> ApiResult<Json<crate::usage::UsageSource>> {
+    Ok(Json(s.service.upload_usage(body).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/usage/queries", tag = "usage",
+    responses((status = 200, description = "every source and the labels its queries use", body = crate::usage::UsageView)))]
+pub async fn usage(State(s): State<AppState>) -> ApiResult<Json<crate::usage::UsageView>> {
+    Ok(Json(s.service.usage().await?))
+}
