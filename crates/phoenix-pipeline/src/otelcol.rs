@@ -643,3 +643,74 @@ fn source_matches(labels: &[String], separator: &str, regex: &str) -> String {
         _ => condition,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn condition(selector: &str) -> String {
+        selector_condition(&Selector::parse(selector).unwrap())
+    }
+
+    #[test]
+    fn a_missing_attribute_counts_as_the_empty_string() {
+        assert_eq!(
+            condition(r#"{path=""}"#),
+            r#"(attributes["path"] == nil or attributes["path"] == "")"#
+        );
+        assert_eq!(
+            condition(r#"{path!=""}"#),
+            r#"(attributes["path"] != nil and attributes["path"] != "")"#
+        );
+        assert_eq!(
+            condition(r#"{team=~"a|"}"#),
+            r#"(attributes["team"] == nil or IsMatch(attributes["team"], "^(?s:a|)$"))"#
+        );
+        assert_eq!(
+            condition(r#"{code!~"5.."}"#),
+            r#"not IsMatch(attributes["code"], "^(?s:5..)$")"#
+        );
+    }
+
+    #[test]
+    fn the_metric_name_and_several_matchers_form_one_condition() {
+        assert_eq!(
+            condition(r#"http_requests_total{code="500"}"#),
+            r#"(metric.name == "http_requests_total" and attributes["code"] == "500")"#
+        );
+        let selectors = [
+            Selector::parse("up").unwrap(),
+            Selector::parse(r#"{__name__=~"slo_.*"}"#).unwrap(),
+        ];
+        assert_eq!(
+            excluding(&selectors).unwrap(),
+            r#"not (metric.name == "up" or IsMatch(metric.name, "^(?s:slo_.*)$"))"#
+        );
+        assert_eq!(excluding(&[]), None);
+    }
+
+    #[test]
+    fn strings_are_quoted_for_ottl_and_dollars_escaped_for_the_collector() {
+        assert_eq!(quote(r#"a\d"b"#), r#""a\\d\"b""#);
+        let mut value = Yaml::Sequence(vec![Yaml::String("^(x)$".into())]);
+        escape_dollars(&mut value);
+        assert_eq!(value, Yaml::Sequence(vec![Yaml::String("^(x)$$".into())]));
+    }
+
+    #[test]
+    fn a_protect_stage_guards_the_processors_after_it() {
+        let config: PipelineConfig = serde_yaml::from_str(
+            "processors:\n  - {type: filter, drop: ['debug_total']}\n  - {type: protect, selectors: ['up']}\n  - {type: filter, drop: ['debug_total']}\n",
+        )
+        .unwrap();
+        let rendering = render(&config).unwrap();
+        assert!(rendering.notes.is_empty(), "{:?}", rendering.notes);
+        assert_eq!(rendering.processors, vec!["filter/p0", "filter/p2"]);
+        assert!(rendering
+            .yaml
+            .contains(r#"- metric.name == "debug_total" and not (metric.name == "up")"#));
+        assert!(rendering
+            .yaml
+            .contains("- metric.name == \"debug_total\"\n"));
+    }
+}
