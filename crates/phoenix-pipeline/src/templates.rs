@@ -893,6 +893,73 @@ pub fn resolve_in(
     parse_and_build("literal pipeline", trimmed)
 }
 
+/// Checks one parameter set shared by several pipeline specs (an experiment's baseline and
+/// candidate): a parameter no named template declares is refused (literal pipelines declare
+/// none), and each declared one is checked against every schema declaring it. What an API
+/// calls before accepting an experiment, since [`resolve`] ignores undeclared parameters.
+pub fn check_shared_parameters(
+    specs: &[&str],
+    parameters: &Value,
+    templates: &[TemplateDef],
+) -> Result<(), TemplateError> {
+    let given = match parameters {
+        Value::Object(given) => given,
+        Value::Null => return Ok(()),
+        _ => return Err(TemplateError::ParametersNotAnObject),
+    };
+    let defs: Vec<&TemplateDef> = specs
+        .iter()
+        .filter_map(|spec| find(spec.trim(), templates).ok())
+        .collect();
+    let mut errors: Vec<ConfigError> = Vec::new();
+    for (name, value) in given {
+        let path = format!("parameters.{name}");
+        let declaring: Vec<&ParameterSpec> =
+            defs.iter().filter_map(|def| def.parameter(name)).collect();
+        if declaring.is_empty() {
+            let mut known: Vec<&str> = Vec::new();
+            for def in &defs {
+                for parameter in &def.parameters {
+                    if !known.contains(&parameter.name.as_str()) {
+                        known.push(&parameter.name);
+                    }
+                }
+            }
+            let known = if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            };
+            errors.push(ConfigError {
+                path,
+                message: format!("unknown parameter (known: {known})"),
+            });
+            continue;
+        }
+        for spec in declaring {
+            let mut found = Vec::new();
+            spec.check(&path, value, &mut found);
+            for error in found {
+                if !errors.contains(&error) {
+                    errors.push(error);
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(TemplateError::Parameters {
+            template: defs
+                .iter()
+                .map(|d| d.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" and "),
+            errors,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

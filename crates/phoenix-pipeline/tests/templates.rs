@@ -205,6 +205,37 @@ fn resolve_ignores_parameters_meant_for_the_other_variant() {
     );
 }
 
+#[test]
+fn a_shared_parameter_set_is_checked_against_both_variants() {
+    let specs = ["baseline", "topk"];
+    templates::check_shared_parameters(&specs, &json!({"k": 10}), &[]).unwrap();
+    templates::check_shared_parameters(&specs, &Value::Null, &[]).unwrap();
+    let error = templates::check_shared_parameters(
+        &specs,
+        &json!({"k": 0, "z_threshold": 2, "protect": ["{bad"]}),
+        &[],
+    )
+    .unwrap_err();
+    let found = messages(&error);
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert_eq!(found[0], "parameters.k: must be at least 1, got 0");
+    assert!(
+        found[1].starts_with("parameters.protect[0]: invalid selector"),
+        "{found:?}"
+    );
+    assert_eq!(
+        found[2],
+        "parameters.z_threshold: unknown parameter (known: protect, k, window)"
+    );
+    let literal = "processors: []";
+    let error =
+        templates::check_shared_parameters(&[literal, literal], &json!({"k": 1}), &[]).unwrap_err();
+    assert_eq!(
+        messages(&error),
+        vec!["parameters.k: unknown parameter (known: none)"]
+    );
+}
+
 fn user_template(source: &str) -> TemplateDef {
     TemplateDef {
         name: "team-a-topk".into(),
