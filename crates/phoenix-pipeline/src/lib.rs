@@ -12,6 +12,7 @@ pub mod engine;
 pub mod exporter;
 pub mod kpi;
 pub mod model;
+pub mod otelcol;
 pub mod otlp;
 pub mod pipeline;
 pub mod processor;
