@@ -174,6 +174,28 @@ fn create_from_a_yaml_spec_with_flags_overriding_it() {
     assert_eq!(v["target_selector"]["env"], "prod");
     assert_eq!(v["duration_seconds"], 1800);
     assert_eq!(v["parameters"]["k"], 50);
+
+    // Deleted while pending: gone afterwards.
+    let id = v["id"].as_str().unwrap();
+    env.ok(&["experiment", "delete", id]);
+    let gone = env.run(&["experiment", "get", id]);
+    assert_eq!(gone.status.code(), Some(1));
+
+    // --start creates and starts in one command.
+    let started = env.json(&[
+        "experiment",
+        "create",
+        "--name",
+        "at once",
+        "--baseline",
+        "baseline",
+        "--candidate",
+        "adaptive",
+        "--hosts",
+        "h1",
+        "--start",
+    ]);
+    assert_eq!(started["experiment"]["phase"], "initializing");
 }
 
 #[test]
