@@ -486,6 +486,47 @@ mod tests {
         );
     }
 
+    /// Answers one request with a health body and hands back what it received.
+    fn one_shot_server() -> (String, std::thread::JoinHandle<String>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let handle = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut buf = vec![0u8; 8192];
+            let n = conn.read(&mut buf).expect("read");
+            let body = r#"{"status":"ok","version":"test"}"#;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            String::from_utf8_lossy(&buf[..n]).to_string()
+        });
+        (base, handle)
+    }
+
+    #[tokio::test]
+    async fn the_token_is_sent_as_a_bearer_authorization() {
+        let (base, server) = one_shot_server();
+        let c = Client::new(&base, Some("tok-123".into()), Duration::from_secs(5)).expect("client");
+        assert_eq!(c.health().await.expect("health").version, "test");
+        let request = server.join().expect("server").to_lowercase();
+        assert!(
+            request.contains("authorization: bearer tok-123"),
+            "{request}"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_token_no_authorization_header() {
+        let (base, server) = one_shot_server();
+        let c = Client::new(&base, Some(String::new()), Duration::from_secs(5)).expect("client");
+        c.health().await.expect("health");
+        let request = server.join().expect("server").to_lowercase();
+        assert!(!request.contains("authorization"), "{request}");
+    }
+
     #[tokio::test]
     async fn a_closed_port_is_unreachable_not_an_api_error() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
