@@ -57,7 +57,8 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .unwrap_or("error: invalid usage")
         .trim();
     let first = first.strip_prefix("error: ").unwrap_or(first);
-    // "Usage: phoenix experiment list [OPTIONS]" -> "phoenix experiment list".
+    // "Usage: phoenix experiment list [OPTIONS]" -> "phoenix experiment list"; errors that
+    // print no usage line name the subcommand the arguments reached.
     let command = rendered
         .lines()
         .find_map(|l| l.trim().strip_prefix("Usage: "))
@@ -68,7 +69,59 @@ fn usage_error(e: clap::Error) -> ExitCode {
                 .join(" ")
         })
         .filter(|c| !c.is_empty())
-        .unwrap_or_else(|| "phoenix".into());
+        .unwrap_or_else(|| subcommand_path(std::env::args().skip(1)));
     eprintln!("error: {first}; see `{command} --help`");
     ExitCode::from(error::EXIT_USAGE)
+}
+
+/// The subcommands named on the command line (`phoenix experiment create`), skipping the
+/// global options and their values.
+fn subcommand_path(args: impl Iterator<Item = String>) -> String {
+    use clap::CommandFactory;
+    const GLOBAL_WITH_VALUE: [&str; 5] = ["--server", "--context", "-o", "--output", "--timeout"];
+    let mut cmd = cli::Cli::command();
+    let mut path = vec!["phoenix".to_string()];
+    let mut skip_value = false;
+    for arg in args {
+        if skip_value {
+            skip_value = false;
+            continue;
+        }
+        if arg.starts_with('-') {
+            skip_value = GLOBAL_WITH_VALUE.contains(&arg.as_str());
+            continue;
+        }
+        let Some(sub) = cmd.find_subcommand(&arg).cloned() else {
+            break;
+        };
+        path.push(sub.get_name().to_string());
+        cmd = sub;
+    }
+    path.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subcommand_path;
+
+    fn path(args: &[&str]) -> String {
+        subcommand_path(args.iter().map(|a| a.to_string()))
+    }
+
+    #[test]
+    fn the_subcommand_path_skips_global_options() {
+        assert_eq!(
+            path(&[
+                "--server",
+                "http://x",
+                "exp",
+                "create",
+                "--duration",
+                "soon"
+            ]),
+            "phoenix experiment create"
+        );
+        assert_eq!(path(&["-o", "json", "fleet", "list"]), "phoenix fleet list");
+        assert_eq!(path(&["nope"]), "phoenix");
+    }
 }

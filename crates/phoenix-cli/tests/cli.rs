@@ -398,6 +398,19 @@ fn contexts_choose_the_server_and_carry_the_token() {
     // The first context set is current: unreachable.
     let out = phoenix(&cfg, &["experiment", "list"], &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    // $PHOENIX_SERVER wins over the context, --server over both.
+    let out = phoenix(
+        &cfg,
+        &["experiment", "list"],
+        &[("PHOENIX_SERVER", env.base_str())],
+    );
+    assert_ok(&out, &["list via PHOENIX_SERVER"]);
+    let out = phoenix(
+        &cfg,
+        &["--server", &dead, "experiment", "list"],
+        &[("PHOENIX_SERVER", env.base_str())],
+    );
+    assert_eq!(out.status.code(), Some(3));
 
     assert_ok(&phoenix(&cfg, &["context", "use", "live"], &[]), &["use"]);
     let out = phoenix(&cfg, &["experiment", "list", "-o", "json"], &[]);
