@@ -1,0 +1,585 @@
+//! The real `phoenix` binary against a real `phoenix-api` process on SQLite: every test
+//! starts its own API (found like the end-to-end tests find it: build it first with
+//! `cargo build -p phoenix-api --bin phoenix-api`) and its own config file.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use phoenix_e2e::{api_on_sqlite, free_port, ApiProcess, ENROLL_TOKEN};
+use serde_json::Value;
+
+struct Env {
+    api: ApiProcess,
+    base: String,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (api, _db) = rt.block_on(api_on_sqlite(dir.path(), &[]));
+        let base = api.base();
+        Env { api, base, dir }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("cli/config.yaml")
+    }
+
+    /// `phoenix --server <api> ARGS`.
+    fn run(&self, args: &[&str]) -> Output {
+        let mut full = vec!["--server", self.base_str()];
+        full.extend_from_slice(args);
+        phoenix(&self.config(), &full, &[])
+    }
+
+    fn base_str(&self) -> &str {
+        &self.base
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_ok(&out, args);
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["-o", "json"]);
+        let text = self.ok(&a);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+    }
+
+    fn create(&self, name: &str, hosts: &str) -> String {
+        let v = self.json(&[
+            "experiment",
+            "create",
+            "--name",
+            name,
+            "--baseline",
+            "baseline",
+            "--candidate",
+            "adaptive",
+            "--hosts",
+            hosts,
+            "--duration",
+            "10m",
+        ]);
+        v["id"].as_str().unwrap().to_string()
+    }
+}
+
+fn phoenix(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_phoenix"));
+    cmd.args(args)
+        .env("PHOENIX_CONFIG", config)
+        .env_remove("PHOENIX_SERVER")
+        .env_remove("PHOENIX_TOKEN")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn assert_ok(out: &Output, args: &[&str]) {
+    assert!(
+        out.status.success(),
+        "phoenix {args:?} failed with {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// One line on stderr, starting `error: `.
+fn assert_one_error_line(out: &Output) -> String {
+    let err = stderr(out);
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "expected one stderr line, got: {err}"
+    );
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn create_from_flags_then_get_and_list_in_table_json_and_yaml() {
+    let env = Env::start();
+    let id = env.create("flags experiment", "h1,h2");
+
+    let got = env.json(&["experiment", "get", &id]);
+    assert_eq!(got["name"], "flags experiment");
+    assert_eq!(got["phase"], "pending");
+    assert_eq!(got["target_hosts"], serde_json::json!(["h1", "h2"]));
+    assert_eq!(got["duration_seconds"], 600);
+    assert_eq!(got["mode"], "shadow");
+
+    let table = env.ok(&["experiment", "list"]);
+    let mut lines = table.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.starts_with("ID") && header.contains("PHASE"),
+        "{table}"
+    );
+    let row = lines.next().unwrap();
+    assert!(row.contains(&id) && row.contains("pending") && row.contains("flags experiment"));
+
+    let page = env.json(&["experiment", "list"]);
+    assert_eq!(page["total"], 1);
+    assert_eq!(page["items"][0]["id"], id.as_str());
+
+    let yaml: Value = serde_yaml::from_str(&env.ok(&["experiment", "list", "-o", "yaml"])).unwrap();
+    assert_eq!(yaml["items"][0]["id"], id.as_str());
+
+    let detail = env.ok(&["experiment", "get", &id]);
+    assert!(
+        detail.contains("phase:") && detail.contains("pending"),
+        "{detail}"
+    );
+
+    let none = env.json(&["experiment", "list", "--phase", "running"]);
+    assert_eq!(none["total"], 0);
+}
+
+#[test]
+fn create_from_a_yaml_spec_with_flags_overriding_it() {
+    let env = Env::start();
+    let spec = env.dir.path().join("spec.yaml");
+    std::fs::write(
+        &spec,
+        "name: from yaml\nbaseline_pipeline: baseline\ncandidate_pipeline: topk\n\
+         target_selector:\n  env: prod\nduration_seconds: 1800\nparameters:\n  k: 50\n",
+    )
+    .unwrap();
+    let v = env.json(&[
+        "experiment",
+        "create",
+        "-f",
+        spec.to_str().unwrap(),
+        "--name",
+        "renamed",
+    ]);
+    assert_eq!(v["name"], "renamed");
+    assert_eq!(v["candidate_pipeline"], "topk");
+    assert_eq!(v["target_selector"]["env"], "prod");
+    assert_eq!(v["duration_seconds"], 1800);
+    assert_eq!(v["parameters"]["k"], 50);
+
+    // Deleted while pending: gone afterwards.
+    let id = v["id"].as_str().unwrap();
+    env.ok(&["experiment", "delete", id]);
+    let gone = env.run(&["experiment", "get", id]);
+    assert_eq!(gone.status.code(), Some(1));
+
+    // --start creates and starts in one command.
+    let started = env.json(&[
+        "experiment",
+        "create",
+        "--name",
+        "at once",
+        "--baseline",
+        "baseline",
+        "--candidate",
+        "adaptive",
+        "--hosts",
+        "h1",
+        "--start",
+    ]);
+    assert_eq!(started["experiment"]["phase"], "initializing");
+}
+
+#[test]
+fn start_stop_and_the_events_they_leave() {
+    let env = Env::start();
+    let id = env.create("run me", "h1");
+
+    let started = env.json(&["experiment", "start", &id]);
+    assert_eq!(started["experiment"]["phase"], "initializing");
+    assert!(!started["task_ids"].as_array().unwrap().is_empty());
+
+    let status = env.ok(&["experiment", "status", &id]);
+    assert!(status.contains("initializing"), "{status}");
+
+    let stopped = env.ok(&["experiment", "stop", &id, "--reason", "enough"]);
+    assert!(stopped.contains("is stopped"), "{stopped}");
+
+    let events = env.json(&["experiment", "events", &id]);
+    let phases: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["to_phase"].as_str())
+        .collect();
+    assert_eq!(phases, ["pending", "initializing", "stopped"], "{events}");
+    let table = env.ok(&["experiment", "events", &id]);
+    assert!(table.contains("initializing -> stopped"), "{table}");
+
+    // A second stop is refused by the API: exit 1 and its message.
+    let again = env.run(&["experiment", "stop", &id]);
+    assert_eq!(again.status.code(), Some(1));
+    let err = assert_one_error_line(&again);
+    assert!(err.starts_with("error: phase_conflict: "), "{err}");
+}
+
+#[test]
+fn watch_ends_with_exit_4_when_the_experiment_is_stopped() {
+    let env = Env::start();
+    let id = env.create("watched", "h1");
+    env.ok(&["experiment", "start", &id]);
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_phoenix"))
+        .args([
+            "--server",
+            env.base_str(),
+            "experiment",
+            "status",
+            &id,
+            "--watch",
+            "--interval",
+            "200ms",
+        ])
+        .env("PHOENIX_CONFIG", env.config())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut events = Command::new(env!("CARGO_BIN_EXE_phoenix"))
+        .args([
+            "--server",
+            env.base_str(),
+            "experiment",
+            "events",
+            &id,
+            "--watch",
+            "--interval",
+            "200ms",
+            "-o",
+            "json",
+        ])
+        .env("PHOENIX_CONFIG", env.config())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(watch.try_wait().unwrap().is_none(), "watch ended early");
+    env.ok(&["experiment", "rollback", &id, "--reason", "test"]);
+
+    for child in [&mut watch, &mut events] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "watch did not end");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(status.code(), Some(4));
+    }
+    let out = watch.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("rolled_back"), "{text}");
+    let out = events.wait_with_output().unwrap();
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.last().unwrap()["to_phase"], "rolled_back");
+    assert_eq!(lines.len(), 3);
+}
+
+#[test]
+fn results_metrics_and_cost_of_an_experiment() {
+    let env = Env::start();
+    let id = env.create("judged", "h1");
+
+    let results = env.json(&["experiment", "results", &id]);
+    assert_eq!(results["experiment_id"], id.as_str());
+    assert!(results["result"]["decision"].is_string(), "{results}");
+    let text = env.ok(&["experiment", "results", &id]);
+    assert!(text.contains("decision:"), "{text}");
+
+    let kpis = env.json(&["experiment", "metrics", &id]);
+    assert_eq!(kpis["experiment_id"], id.as_str());
+    assert!(env
+        .ok(&["experiment", "metrics", &id])
+        .contains("reduction %"));
+
+    let cost = env.json(&["experiment", "cost", &id, "--preset", "ingest"]);
+    assert_eq!(cost["selected"]["preset"], "ingest");
+    let table = env.ok(&["experiment", "cost", &id]);
+    assert!(
+        table.contains("PRESET") && table.contains("per-series"),
+        "{table}"
+    );
+
+    let bad = env.run(&["experiment", "cost", &id, "--preset", "nope"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert_one_error_line(&bad);
+}
+
+#[test]
+fn cost_presets_get_and_set_from_a_file() {
+    let env = Env::start();
+    let presets = env.json(&["cost", "presets"]);
+    assert!(presets["presets"].as_array().unwrap().len() >= 3);
+    let file = env.dir.path().join("presets.yaml");
+    std::fs::write(
+        &file,
+        "- name: mine\n  currency: EUR\n  per_active_series_month: 0.01\n",
+    )
+    .unwrap();
+    let set = env.json(&["cost", "presets", "set", "-f", file.to_str().unwrap()]);
+    assert_eq!(set["presets"][0]["name"], "mine");
+    let table = env.ok(&["cost", "presets", "get"]);
+    assert!(table.contains("mine") && table.contains("EUR"), "{table}");
+}
+
+#[test]
+fn fleet_list_shows_an_enrolled_agent() {
+    let env = Env::start();
+    assert!(env.ok(&["fleet", "list"]).contains("no agents"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/v1/agent/enroll", env.api.base()))
+            .json(&serde_json::json!({"host_id": "node-cli-1", "enrollment_token": ENROLL_TOKEN}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    });
+    let table = env.ok(&["fleet", "list"]);
+    assert!(
+        table.contains("node-cli-1") && table.contains("HEALTH"),
+        "{table}"
+    );
+    let agents = env.json(&["fleet", "list"]);
+    assert_eq!(agents[0]["host_id"], "node-cli-1");
+    let status = env.json(&["fleet", "status"]);
+    assert_eq!(status["total"], 1);
+    assert!(env.ok(&["fleet", "status"]).contains("agents:"));
+}
+
+#[test]
+fn contexts_choose_the_server_and_carry_the_token() {
+    let env = Env::start();
+    let cfg = env.config();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    assert_ok(
+        &phoenix(&cfg, &["context", "set", "dead", "--server", &dead], &[]),
+        &["context set dead"],
+    );
+    assert_ok(
+        &phoenix(
+            &cfg,
+            &[
+                "context",
+                "set",
+                "live",
+                "--server",
+                env.base_str(),
+                "--token",
+                "t0k",
+            ],
+            &[],
+        ),
+        &["context set live"],
+    );
+    // The first context set is current: unreachable.
+    let out = phoenix(&cfg, &["experiment", "list"], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    // $PHOENIX_SERVER wins over the context, --server over both.
+    let out = phoenix(
+        &cfg,
+        &["experiment", "list"],
+        &[("PHOENIX_SERVER", env.base_str())],
+    );
+    assert_ok(&out, &["list via PHOENIX_SERVER"]);
+    let out = phoenix(
+        &cfg,
+        &["--server", &dead, "experiment", "list"],
+        &[("PHOENIX_SERVER", env.base_str())],
+    );
+    assert_eq!(out.status.code(), Some(3));
+
+    assert_ok(&phoenix(&cfg, &["context", "use", "live"], &[]), &["use"]);
+    let out = phoenix(&cfg, &["experiment", "list", "-o", "json"], &[]);
+    assert_ok(&out, &["list via context"]);
+
+    let list = phoenix(&cfg, &["context", "list"], &[]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    let live = text.lines().find(|l| l.contains("live")).unwrap();
+    assert!(live.starts_with('*') && live.contains("yes"), "{text}");
+
+    // --context picks another one for one command.
+    let out = phoenix(&cfg, &["--context", "dead", "fleet", "list"], &[]);
+    assert_eq!(out.status.code(), Some(3));
+
+    // logout removes the token, login stores one.
+    assert_ok(&phoenix(&cfg, &["logout"], &[]), &["logout"]);
+    let yaml = std::fs::read_to_string(&cfg).unwrap();
+    assert!(!yaml.contains("t0k"), "{yaml}");
+    assert_ok(
+        &phoenix(&cfg, &["login", "--token", "new-token"], &[]),
+        &["login"],
+    );
+    let yaml = std::fs::read_to_string(&cfg).unwrap();
+    assert!(yaml.contains("new-token"), "{yaml}");
+
+    let unknown = phoenix(&cfg, &["context", "use", "nope"], &[]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert_one_error_line(&unknown);
+}
+
+#[test]
+fn a_plugin_on_path_runs_with_server_and_token() {
+    let env = Env::start();
+    let bin = env.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("phoenix-hello");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho \"server=$PHOENIX_SERVER token=$PHOENIX_TOKEN args=$*\"\nexit 7\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = phoenix(
+        &env.config(),
+        &["--server", env.base_str(), "hello", "a", "--flag"],
+        &[("PATH", &path), ("PHOENIX_TOKEN", "tok")],
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("server={} token=tok args=a --flag", env.api.base())
+    );
+
+    let missing = phoenix(&env.config(), &["nosuchplugin"], &[("PATH", &path)]);
+    assert_eq!(missing.status.code(), Some(2));
+    let err = assert_one_error_line(&missing);
+    assert!(err.contains("phoenix-nosuchplugin"), "{err}");
+}
+
+#[test]
+fn completion_scripts_for_bash_zsh_and_fish() {
+    let cfg = tempfile::tempdir().unwrap().path().join("c.yaml");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = phoenix(&cfg, &["completion", shell], &[]);
+        assert_ok(&out, &["completion", shell]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("phoenix") && text.contains("experiment"),
+            "{shell}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_id_exits_1_with_the_api_message() {
+    let env = Env::start();
+    let id = uuid::Uuid::new_v4().to_string();
+    let out = env.run(&["experiment", "get", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = assert_one_error_line(&out);
+    assert!(err.starts_with("error: not_found: "), "{err}");
+}
+
+#[test]
+fn an_unreachable_server_exits_3() {
+    let cfg = tempfile::tempdir().unwrap().path().join("c.yaml");
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let out = phoenix(&cfg, &["--server", &dead, "experiment", "list"], &[]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = assert_one_error_line(&out);
+    assert!(err.contains("cannot reach"), "{err}");
+}
+
+#[test]
+fn a_bad_flag_exits_2() {
+    let cfg = tempfile::tempdir().unwrap().path().join("c.yaml");
+    let out = phoenix(&cfg, &["experiment", "list", "--no-such-flag"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = assert_one_error_line(&out);
+    assert!(
+        err.contains("--no-such-flag") && err.contains("phoenix experiment list --help"),
+        "{err}"
+    );
+    for args in [
+        &["experiment", "create", "--duration", "soon"][..],
+        &["-o", "xml", "experiment", "list"],
+        &["experiment", "get"],
+        &["completion", "tcsh"],
+    ] {
+        let out = phoenix(&cfg, args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_one_error_line(&out);
+    }
+    // Help is not an error.
+    let out = phoenix(&cfg, &["experiment", "--help"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("status"));
+}
+
+#[test]
+fn an_invalid_spec_file_is_one_line_and_non_zero() {
+    let env = Env::start();
+    let spec = env.dir.path().join("bad.yaml");
+    std::fs::write(&spec, "name: [unclosed\n  baseline: {\n").unwrap();
+    let out = env.run(&["experiment", "create", "-f", spec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = assert_one_error_line(&out);
+    assert!(err.contains("bad.yaml"), "{err}");
+
+    let missing = env.run(&["experiment", "create", "-f", "/nonexistent/spec.yaml"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert_one_error_line(&missing);
+
+    // Valid YAML the API refuses: exit 1 with the field named.
+    std::fs::write(
+        &spec,
+        "name: x\nbaseline_pipeline: baseline\ncandidate_pipeline: adaptive\nduration_seconds: 0\n",
+    )
+    .unwrap();
+    let refused = env.run(&["experiment", "create", "-f", spec.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = assert_one_error_line(&refused);
+    assert!(err.contains("duration_seconds"), "{err}");
+}
+
+#[test]
+fn version_reports_the_cli_and_the_server() {
+    let env = Env::start();
+    let v = env.json(&["version"]);
+    assert_eq!(v["cli"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["server"]["status"], "ok");
+    let cfg = env.config();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let out = phoenix(&cfg, &["--server", &dead, "version"], &[]);
+    assert_ok(&out, &["version unreachable"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cannot reach"));
+}
+
+#[test]
+fn ui_prints_the_dashboard_url() {
+    let env = Env::start();
+    let out = env.ok(&["ui", "--no-open"]);
+    assert_eq!(out.trim(), format!("{}/", env.api.base()));
+}
