@@ -20,7 +20,7 @@ use phoenix_store::{SharedStore, Wakeup};
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::routes::{agent, analysis, deployments, experiments, ops, tasks};
+use crate::routes::{agent, analysis, deployments, experiments, ops, tasks, templates};
 use crate::service::{Service, Timings};
 use crate::telemetry::Metrics;
 use crate::waiters::Waiters;
@@ -109,6 +109,13 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/experiments/{id}/cost-analysis",
             get(analysis::cost_analysis),
         )
+        .route("/api/v1/pipelines/templates", get(templates::list))
+        .route(
+            "/api/v1/pipelines/templates/{name}",
+            get(templates::get).put(templates::put),
+        )
+        .route("/api/v1/pipelines/render", post(templates::render))
+        .route("/api/v1/pipelines/validate", post(templates::validate))
         .route(
             "/api/v1/pipeline-deployments",
             post(deployments::create).get(deployments::list),

@@ -9,8 +9,8 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use phoenix_core::{
-    DeploymentId, DeploymentStatus, FieldErrors, HostId, NewPipelineDeployment, NewTask,
-    PipelineDeployment, TaskId, TaskType,
+    DeploymentId, DeploymentStatus, HostId, NewPipelineDeployment, NewTask, PipelineDeployment,
+    TaskId, TaskType,
 };
 use phoenix_store::{Page, StoreError};
 
@@ -70,10 +70,11 @@ impl Service {
     ) -> ServiceResult<DeploymentView> {
         new.validate()?;
         // The very text the agents will run must render and validate here first.
-        if let Err(e) = phoenix_pipeline::templates::resolve(&new.pipeline, &new.parameters) {
-            let mut errors = FieldErrors::default();
-            errors.push("pipeline", e.to_string());
-            return Err(errors.into());
+        let user = self.latest_user_templates().await?;
+        if let Err(e) =
+            phoenix_pipeline::templates::resolve_in(&new.pipeline, &new.parameters, &user)
+        {
+            return Err(crate::templates::template_field_errors("pipeline", &e).into());
         }
         let mut hosts = new.target_hosts.clone();
         hosts.extend(
@@ -102,8 +103,11 @@ impl Service {
         };
         // Recorded before its tasks, so no task is ever sent for a deployment nobody can see.
         self.store.save_pipeline_deployment(&d).await?;
+        let pipeline = self
+            .materialize_pipeline(&d.pipeline, &d.parameters)
+            .await?;
         d.tasks = self
-            .send_pipeline(&d, &d.pipeline, &d.parameters, "deploy")
+            .send_pipeline(&d, &pipeline, &d.parameters, "deploy")
             .await?;
         self.store.save_pipeline_deployment(&d).await?;
         self.deployment_view(d).await

@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod routes;
 pub mod service;
 pub mod telemetry;
+pub mod templates;
 pub mod usage;
 pub mod waiters;
 

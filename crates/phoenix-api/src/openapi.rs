@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{agent, analysis, deployments, experiments, ops, tasks};
+use crate::routes::{agent, analysis, deployments, experiments, ops, tasks, templates};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -17,6 +17,7 @@ use crate::routes::{agent, analysis, deployments, experiments, ops, tasks};
         experiments::events,
         analysis::kpis, analysis::results, analysis::analysis, analysis::cost_analysis,
         analysis::get_presets, analysis::put_presets, analysis::upload_usage, analysis::usage,
+        templates::list, templates::get, templates::put, templates::render, templates::validate,
         deployments::create, deployments::list, deployments::get, deployments::withdraw,
         agent::enroll, agent::poll, agent::task_status, agent::heartbeat, agent::metrics,
         agent::logs,

@@ -276,6 +276,12 @@ impl Service {
 
     pub async fn create_experiment(&self, new: NewExperiment) -> ServiceResult<Experiment> {
         new.validate()?;
+        self.check_experiment_pipelines(
+            &new.baseline_pipeline,
+            &new.candidate_pipeline,
+            &new.parameters,
+        )
+        .await?;
         let exp = Experiment::create(ExperimentId::new(), new, self.clock.now());
         self.store.create_experiment(&exp).await?;
         Ok(exp)
@@ -294,6 +300,19 @@ impl Service {
         id: ExperimentId,
         patch: ExperimentPatch,
     ) -> ServiceResult<Experiment> {
+        if patch.baseline_pipeline.is_some()
+            || patch.candidate_pipeline.is_some()
+            || patch.parameters.is_some()
+        {
+            let current = self.store.get_experiment(id).await?;
+            let pick = |p: &Option<String>, c: &String| p.clone().unwrap_or_else(|| c.clone());
+            self.check_experiment_pipelines(
+                &pick(&patch.baseline_pipeline, &current.baseline_pipeline),
+                &pick(&patch.candidate_pipeline, &current.candidate_pipeline),
+                patch.parameters.as_ref().unwrap_or(&current.parameters),
+            )
+            .await?;
+        }
         Ok(self
             .store
             .update_experiment(id, patch, self.clock.now())
@@ -334,6 +353,13 @@ impl Service {
             );
             return Err(e.into());
         }
+        // User templates are rendered here: agents only know the built-ins.
+        let baseline = self
+            .materialize_pipeline(&exp.baseline_pipeline, &exp.parameters)
+            .await?;
+        let candidate = self
+            .materialize_pipeline(&exp.candidate_pipeline, &exp.parameters)
+            .await?;
         let mut tasks = Vec::with_capacity(exp.target_hosts.len() * 2);
         for host in &exp.target_hosts {
             let variant = match exp.mode {
@@ -346,8 +372,8 @@ impl Service {
                 TaskType::Deployment,
                 json!({
                     "experiment_id": exp.id,
-                    "baseline_pipeline": exp.baseline_pipeline,
-                    "candidate_pipeline": exp.candidate_pipeline,
+                    "baseline_pipeline": baseline,
+                    "candidate_pipeline": candidate,
                     "parameters": exp.parameters,
                 }),
             )

@@ -6,6 +6,7 @@ pub mod deployments;
 pub mod experiments;
 pub mod ops;
 pub mod tasks;
+pub mod templates;
 
 use serde::Serialize;
 use utoipa::ToSchema;
