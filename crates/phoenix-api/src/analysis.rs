@@ -478,7 +478,7 @@ impl Service {
             })
             .collect();
         tracing::info!(experiment_id = %exp.id, decision = result.decision.as_str(), "experiment decided");
-        self.ignore_conflict(
+        let outcome = self.ignore_conflict(
             self.transition(
                 exp.id,
                 ExperimentCommand::Complete { promoted, reason },
@@ -486,6 +486,28 @@ impl Service {
             )
             .await,
         )?;
+        if let (true, Some(outcome)) = (promoted, outcome) {
+            // The promotion is a deployment like any other: listed, followed per host.
+            let now = self.clock.now();
+            let d = phoenix_core::PipelineDeployment {
+                id: phoenix_core::DeploymentId::new(),
+                name: format!("promoted by experiment {} ({})", exp.id, exp.name),
+                pipeline: exp.candidate_pipeline.clone(),
+                parameters: exp.parameters.clone(),
+                target_hosts: exp.target_hosts.clone(),
+                target_selector: Default::default(),
+                status: phoenix_core::DeploymentStatus::Active,
+                tasks: outcome
+                    .tasks
+                    .iter()
+                    .filter_map(|t| t.host_id.clone().map(|h| (h, t.id)))
+                    .collect(),
+                withdraw_tasks: Default::default(),
+                created_at: now,
+                updated_at: now,
+            };
+            self.store.save_pipeline_deployment(&d).await?;
+        }
         Ok(())
     }
 

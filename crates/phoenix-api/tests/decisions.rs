@@ -282,6 +282,14 @@ async fn a_good_candidate_is_promoted_with_reasons_cost_and_promote_tasks(s: &Te
         assert_eq!(actions, vec!["promote"], "{body}");
     }
 
+    // The promotion is recorded as a pipeline deployment, followed per host.
+    let deployments = get_json(s, "/api/v1/pipeline-deployments").await;
+    assert_eq!(deployments["total"], 1, "{deployments}");
+    let d = &deployments["items"][0];
+    assert_eq!(d["pipeline"], "adaptive");
+    assert_eq!(d["target_hosts"], json!(["node-a", "node-b"]));
+    assert!(d["name"].as_str().unwrap().contains(&id));
+
     // The history tells the story.
     let events = get_json(s, &format!("/api/v1/experiments/{id}/events")).await;
     let to: Vec<&str> = events
