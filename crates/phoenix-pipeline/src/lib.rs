@@ -13,6 +13,7 @@ pub mod exporter;
 pub mod kpi;
 pub mod model;
 pub mod otlp;
+pub mod otlp_export;
 pub mod pipeline;
 pub mod processor;
 pub mod receiver;
