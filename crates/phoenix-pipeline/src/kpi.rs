@@ -21,11 +21,13 @@ const IDLE_BATCHES_BEFORE_EXPIRY: u64 = fold::DEFAULT_IDLE_BATCHES_BEFORE_EXPIRY
 
 /// What the meter remembers of one series: its last value (NaN until a cumulative value
 /// was seen), the batch it was last seen in, and the interval it was last counted in.
+/// Both indexes are kept modulo 2³² (compared by wrapping distance), so an entry is 16
+/// bytes: the meter holds one per distinct input and output series.
 #[derive(Debug, Clone, Copy)]
 struct Seen {
     last_value: f64,
-    batch_index: u64,
-    interval: u64,
+    batch_index: u32,
+    interval: u32,
 }
 
 /// Per-metric totals of successive batches (see the module docs) and the distinct series
@@ -34,8 +36,8 @@ struct Seen {
 #[derive(Debug, Default)]
 pub struct MetricTotals {
     seen: HashMap<SeriesId, Seen, ahash::RandomState>,
-    batch_index: u64,
-    interval: u64,
+    batch_index: u32,
+    interval: u32,
     distinct_series: u64,
 }
 
@@ -53,7 +55,7 @@ impl MetricTotals {
 
     /// Starts counting distinct series afresh (increases keep their state).
     pub fn start_interval(&mut self) {
-        self.interval += 1;
+        self.interval = self.interval.wrapping_add(1);
         self.distinct_series = 0;
     }
 
@@ -98,13 +100,14 @@ impl MetricTotals {
         ids: &[SeriesId],
         into: &mut HashMap<Sym, f64, ahash::RandomState>,
     ) {
-        self.batch_index += 1;
+        self.batch_index = self.batch_index.wrapping_add(1);
         if self.batch_index.is_multiple_of(64) {
-            let horizon = self.batch_index.saturating_sub(IDLE_BATCHES_BEFORE_EXPIRY);
-            let interval = self.interval;
+            let (now, interval) = (self.batch_index, self.interval);
             // Series counted this interval stay, so they are never counted twice.
-            self.seen
-                .retain(|_, s| s.batch_index >= horizon || s.interval == interval);
+            self.seen.retain(|_, s| {
+                u64::from(now.wrapping_sub(s.batch_index)) <= IDLE_BATCHES_BEFORE_EXPIRY
+                    || s.interval == interval
+            });
         }
         // The total of the metric of the current run of series (batches keep a metric's
         // series together): found by the interned name's address, not by hashing it.
