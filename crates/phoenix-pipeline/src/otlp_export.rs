@@ -184,18 +184,20 @@ fn whole(value: f64) -> Option<u64> {
 #[derive(Debug, Default)]
 struct Builder {
     metrics: Vec<(String, Shape)>,
-    metric_index: HashMap<(String, Shape), usize, ahash::RandomState>,
+    /// Per metric name, the index in `metrics` of each shape seen under it.
+    metric_index: HashMap<String, [Option<usize>; 4], ahash::RandomState>,
     items: Vec<Item>,
 }
 
 impl Builder {
     fn metric(&mut self, name: &str, shape: Shape) -> usize {
-        if let Some(&index) = self.metric_index.get(&(name.to_string(), shape)) {
+        let slot = shape as usize;
+        if let Some(Some(index)) = self.metric_index.get(name).map(|shapes| shapes[slot]) {
             return index;
         }
         let index = self.metrics.len();
         self.metrics.push((name.to_string(), shape));
-        self.metric_index.insert((name.to_string(), shape), index);
+        self.metric_index.entry_ref(name).or_default()[slot] = Some(index);
         index
     }
 
