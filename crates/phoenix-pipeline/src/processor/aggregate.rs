@@ -152,8 +152,14 @@ impl Processor for AggregateProcessor {
             let grouping = &self.grouping;
             self.folder
                 .add(group_key(&series, grouping), &series, increase, || {
-                    let mut labels: Labels = series.labels.clone();
-                    labels.retain(|l| grouping.keeps(&l.name));
+                    // Only the kept labels are cloned (still sorted and unique).
+                    let kept: Vec<_> = series
+                        .labels
+                        .iter()
+                        .filter(|l| grouping.keeps(&l.name))
+                        .cloned()
+                        .collect();
+                    let labels = Labels::from_sorted(kept).unwrap_or_else(Labels::from_unsorted);
                     (series.name.clone(), labels)
                 });
             self.stats.folded(&series.name);
