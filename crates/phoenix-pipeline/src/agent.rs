@@ -37,6 +37,9 @@ pub enum AgentError {
     /// The HTTP client could not be built.
     #[error("cannot build the remote write client: {0}")]
     Client(#[from] reqwest::Error),
+    /// The OTLP exporter could not start.
+    #[error("cannot start the OTLP exporter: {0}")]
+    OtlpExporter(#[from] crate::otlp_export::OtlpExporterError),
     /// The engine thread could not start.
     #[error("cannot start the engine thread: {0}")]
     Thread(std::io::Error),
@@ -93,6 +96,12 @@ impl Agent {
         let mut exporters: Vec<Arc<dyn Exporter>> = Vec::new();
         if let Some(rw) = &config.exporters.remote_write {
             exporters.push(RemoteWriteExporter::start(rw.clone(), telemetry.clone())?);
+        }
+        if let Some(otlp) = &config.exporters.otlp {
+            exporters.push(crate::otlp_export::OtlpExporter::start(
+                otlp.clone(),
+                telemetry.clone(),
+            )?);
         }
         let exposition = ExpositionExporter::new();
         if config.exporters.prometheus.is_some() {

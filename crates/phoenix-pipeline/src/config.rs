@@ -295,6 +295,154 @@ impl RemoteWriteExporterConfig {
     }
 }
 
+/// The wire protocol of the OTLP exporter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpProtocol {
+    /// `MetricsService/Export` over gRPC (HTTP/2, plaintext), conventionally port 4317.
+    #[default]
+    Grpc,
+    /// `POST /v1/metrics` with an `application/x-protobuf` body, conventionally port 4318.
+    Http,
+}
+
+fn default_max_data_points_per_request() -> usize {
+    10_000
+}
+
+/// `exporters.otlp`: OTLP metrics client (gRPC or HTTP, protobuf).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpExporterConfig {
+    /// gRPC: `http://host:4317`. HTTP: `http://host:4318` (then `/v1/metrics` is appended)
+    /// or a full URL with a path, used as is.
+    pub endpoint: String,
+    /// `grpc` (default) or `http`.
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Headers (gRPC metadata) sent with every request, e.g. an authorization token.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Timeout of one request.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Data points per request at most (a histogram point counts as one).
+    #[serde(default = "default_max_data_points_per_request")]
+    pub max_data_points_per_request: usize,
+    /// Requests waiting to be sent at most; overflow is dropped and counted.
+    #[serde(default = "default_queue_capacity_requests")]
+    pub queue_capacity_requests: usize,
+    /// Requests in flight at most.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// First retry delay (doubled per attempt).
+    #[serde(default = "default_min_backoff", with = "humantime_serde")]
+    pub min_backoff: Duration,
+    /// Longest retry delay.
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Attempts per request before it is dropped and counted.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+impl OtlpExporterConfig {
+    /// A config with defaults for `endpoint` and `protocol`.
+    pub fn with_endpoint(endpoint: impl Into<String>, protocol: OtlpProtocol) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            protocol,
+            headers: BTreeMap::new(),
+            timeout: default_timeout(),
+            max_data_points_per_request: default_max_data_points_per_request(),
+            queue_capacity_requests: default_queue_capacity_requests(),
+            concurrency: default_concurrency(),
+            min_backoff: default_min_backoff(),
+            max_backoff: default_max_backoff(),
+            max_attempts: default_max_attempts(),
+        }
+    }
+
+    /// Every problem with this exporter's settings, paths relative to `exporters.otlp`.
+    pub fn validate(&self) -> Vec<crate::processor::FieldError> {
+        use crate::processor::FieldError;
+        let mut errors = Vec::new();
+        let scheme_ok = match self.protocol {
+            OtlpProtocol::Grpc => self.endpoint.starts_with("http://"),
+            OtlpProtocol::Http => {
+                self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://")
+            }
+        };
+        if !scheme_ok {
+            let message = match self.protocol {
+                OtlpProtocol::Grpc if self.endpoint.starts_with("https://") => format!(
+                    "{:?}: TLS is not supported for grpc in this build; use http:// or protocol: http",
+                    self.endpoint
+                ),
+                OtlpProtocol::Grpc => format!("{:?} must be an http:// URL", self.endpoint),
+                OtlpProtocol::Http => {
+                    format!("{:?} must be an http:// or https:// URL", self.endpoint)
+                }
+            };
+            errors.push(FieldError::new("endpoint", message));
+        } else if reqwest::Url::parse(&self.endpoint).is_err() {
+            errors.push(FieldError::new(
+                "endpoint",
+                format!("{:?} is not a valid URL", self.endpoint),
+            ));
+        }
+        for (name, value) in &self.headers {
+            let valid = match self.protocol {
+                // gRPC metadata keys are lowercase ASCII; `-bin` keys carry binary values.
+                OtlpProtocol::Grpc => {
+                    !name.ends_with("-bin")
+                        && tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(
+                            name.as_bytes(),
+                        )
+                        .is_ok()
+                        && name.bytes().all(|b| !b.is_ascii_uppercase())
+                }
+                OtlpProtocol::Http => axum::http::HeaderName::from_bytes(name.as_bytes()).is_ok(),
+            };
+            if !valid {
+                errors.push(FieldError::new(
+                    format!("headers.{name}"),
+                    "is not a valid header name (lowercase letters, digits, `-`, `_`, `.`)",
+                ));
+            }
+            if axum::http::HeaderValue::from_str(value).is_err() {
+                errors.push(FieldError::new(
+                    format!("headers.{name}"),
+                    "value must be visible ASCII",
+                ));
+            }
+        }
+        for (field, value) in [
+            (
+                "max_data_points_per_request",
+                self.max_data_points_per_request,
+            ),
+            ("queue_capacity_requests", self.queue_capacity_requests),
+            ("concurrency", self.concurrency),
+            ("max_attempts", self.max_attempts as usize),
+        ] {
+            if value == 0 {
+                errors.push(FieldError::new(field, "must be greater than 0"));
+            }
+        }
+        if self.timeout.is_zero() {
+            errors.push(FieldError::new("timeout", "must be greater than 0"));
+        }
+        if self.min_backoff > self.max_backoff {
+            errors.push(FieldError::new(
+                "min_backoff",
+                "must not exceed max_backoff",
+            ));
+        }
+        errors
+    }
+}
+
 /// `exporters.prometheus`: a `/metrics` endpoint serving the live output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -310,6 +458,9 @@ pub struct ExportersConfig {
     /// Remote write client.
     #[serde(default)]
     pub remote_write: Option<RemoteWriteExporterConfig>,
+    /// OTLP client.
+    #[serde(default)]
+    pub otlp: Option<OtlpExporterConfig>,
     /// `/metrics` endpoint.
     #[serde(default)]
     pub prometheus: Option<PrometheusExporterConfig>,
@@ -581,6 +732,12 @@ impl AgentConfig {
                     message: "must not exceed max_backoff".into(),
                 });
             }
+        }
+        if let Some(otlp) = &self.exporters.otlp {
+            errors.extend(otlp.validate().into_iter().map(|e| ConfigError {
+                path: format!("exporters.otlp.{}", e.field),
+                message: e.message,
+            }));
         }
         if let Some(prom) = &self.exporters.prometheus {
             check_listen("exporters.prometheus.listen", &prom.listen, &mut errors);

@@ -10,15 +10,35 @@ use std::time::Duration;
 
 use hashbrown::{HashMap, HashSet};
 
+use crate::processor::fold;
+
 use crate::model::{Batch, Series, SeriesId, Sym};
-use crate::processor::fold::CumulativeTracker;
 use crate::processor::MetricCounts;
 use crate::selector::{any_matches, Selector};
 
-/// Per-metric totals of successive batches (see the module docs).
+/// Batches a series may stay unseen before the meter forgets it (as the fold trackers do).
+const IDLE_BATCHES_BEFORE_EXPIRY: u64 = fold::DEFAULT_IDLE_BATCHES_BEFORE_EXPIRY;
+
+/// What the meter remembers of one series: its last value (NaN until a cumulative value
+/// was seen), the batch it was last seen in, and the interval it was last counted in.
+/// Both indexes are kept modulo 2³² (compared by wrapping distance), so an entry is 16
+/// bytes: the meter holds one per distinct input and output series.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    last_value: f64,
+    batch_index: u32,
+    interval: u32,
+}
+
+/// Per-metric totals of successive batches (see the module docs) and the distinct series
+/// of the current interval, with one hash-table operation per series: the map that turns
+/// cumulative values into increases also counts distinct series.
 #[derive(Debug, Default)]
 pub struct MetricTotals {
-    tracker: CumulativeTracker,
+    seen: HashMap<SeriesId, Seen, ahash::RandomState>,
+    batch_index: u32,
+    interval: u32,
+    distinct_series: u64,
 }
 
 impl MetricTotals {
@@ -26,6 +46,50 @@ impl MetricTotals {
     pub fn observe(&mut self, batch: &Batch, into: &mut HashMap<Sym, f64, ahash::RandomState>) {
         let ids: Vec<SeriesId> = batch.series.iter().map(Series::id).collect();
         self.observe_with_ids(batch, &ids, into);
+    }
+
+    /// Distinct series seen since the last [`Self::start_interval`].
+    pub fn distinct_series(&self) -> u64 {
+        self.distinct_series
+    }
+
+    /// Starts counting distinct series afresh (increases keep their state).
+    pub fn start_interval(&mut self) {
+        self.interval = self.interval.wrapping_add(1);
+        self.distinct_series = 0;
+    }
+
+    /// Counts series `id` for this interval and returns its contribution to its metric's
+    /// total: a gauge's value, a cumulative series' reset-aware increase (none the first
+    /// time; NaN staleness markers count as no increase).
+    fn contribution(&mut self, id: SeriesId, cumulative: bool, value: f64) -> f64 {
+        let (batch_index, interval) = (self.batch_index, self.interval);
+        let entry = self.seen.entry(id).or_insert(Seen {
+            last_value: f64::NAN,
+            batch_index,
+            // Never equal to the current interval: counted just below.
+            interval: interval.wrapping_sub(1),
+        });
+        if entry.interval != interval {
+            entry.interval = interval;
+            self.distinct_series += 1;
+        }
+        entry.batch_index = batch_index;
+        if !cumulative {
+            return if value.is_nan() { 0.0 } else { value };
+        }
+        if value.is_nan() {
+            return 0.0;
+        }
+        let previous = std::mem::replace(&mut entry.last_value, value);
+        if previous.is_nan() {
+            0.0
+        } else if value >= previous {
+            value - previous
+        } else {
+            // A reset: the counter restarted from zero.
+            value
+        }
     }
 
     /// Like [`Self::observe`] with the series ids already computed (`ids[i]` is the id of
@@ -36,24 +100,29 @@ impl MetricTotals {
         ids: &[SeriesId],
         into: &mut HashMap<Sym, f64, ahash::RandomState>,
     ) {
-        self.tracker.begin_batch();
+        self.batch_index = self.batch_index.wrapping_add(1);
+        if self.batch_index.is_multiple_of(64) {
+            let (now, interval) = (self.batch_index, self.interval);
+            // Series counted this interval stay, so they are never counted twice.
+            self.seen.retain(|_, s| {
+                u64::from(now.wrapping_sub(s.batch_index)) <= IDLE_BATCHES_BEFORE_EXPIRY
+                    || s.interval == interval
+            });
+        }
+        // The total of the metric of the current run of series (batches keep a metric's
+        // series together): found by the interned name's address, not by hashing it.
+        let mut run: Option<(&Sym, &mut f64)> = None;
         for (series, id) in batch.series.iter().zip(ids) {
             let Some(last) = series.last_sample() else {
                 continue;
             };
-            let contribution = if series.is_cumulative() {
-                self.tracker.observe(*id, last.value).unwrap_or(0.0)
-            } else if last.value.is_nan() {
-                0.0
-            } else {
-                last.value
+            let contribution = self.contribution(*id, series.is_cumulative(), last.value);
+            let total: &mut f64 = match run.take() {
+                Some((name, total)) if std::sync::Arc::ptr_eq(name, &series.name) => total,
+                _ => into.entry_ref(&*series.name).or_insert(0.0),
             };
-            match into.get_mut(&*series.name) {
-                Some(total) => *total += contribution,
-                None => {
-                    into.insert(series.name.clone(), contribution);
-                }
-            }
+            *total += contribution;
+            run = Some((&series.name, total));
         }
     }
 }
@@ -114,7 +183,6 @@ impl VariantKpis {
 #[derive(Debug, Default)]
 struct VariantAccum {
     name: String,
-    output_ids: HashSet<SeriesId, ahash::RandomState>,
     output_samples: u64,
     output_totals: MetricTotals,
     output_sums: HashMap<Sym, f64, ahash::RandomState>,
@@ -127,7 +195,6 @@ struct VariantAccum {
 #[derive(Debug)]
 pub struct KpiMeter {
     protect: Vec<Selector>,
-    input_ids: HashSet<SeriesId, ahash::RandomState>,
     input_samples: u64,
     input_totals: MetricTotals,
     input_sums: HashMap<Sym, f64, ahash::RandomState>,
@@ -145,7 +212,6 @@ impl KpiMeter {
     pub fn new(variants: &[&str], protect: Vec<Selector>) -> Self {
         Self {
             protect,
-            input_ids: HashSet::default(),
             input_samples: 0,
             input_totals: MetricTotals::default(),
             input_sums: HashMap::default(),
@@ -171,7 +237,6 @@ impl KpiMeter {
         for series in &input.series {
             let id = series.id();
             self.ids.push(id);
-            self.input_ids.insert(id);
             self.input_samples += series.samples.len() as u64;
             if !self.protect.is_empty() && any_matches(&self.protect, series) {
                 self.batch_protected.push(series.clone());
@@ -200,7 +265,6 @@ impl KpiMeter {
         for series in &output.series {
             let id = series.id();
             self.ids.push(id);
-            variant.output_ids.insert(id);
             variant.output_samples += series.samples.len() as u64;
             if !protected.is_empty() {
                 if let Some(input) = protected.get(&id) {
@@ -225,7 +289,7 @@ impl KpiMeter {
         &mut self,
         processors: &[Vec<(usize, String, MetricCounts)>],
     ) -> Vec<VariantKpis> {
-        let input_series = self.input_ids.len() as u64;
+        let input_series = self.input_totals.distinct_series();
         let mut result = Vec::with_capacity(self.variants.len());
         for (index, variant) in self.variants.iter_mut().enumerate() {
             let mut max_relative_error = 0.0f64;
@@ -242,7 +306,7 @@ impl KpiMeter {
                     worst_metric = Some(metric.to_string());
                 }
             }
-            let output_series = variant.output_ids.len() as u64;
+            let output_series = variant.output_totals.distinct_series();
             result.push(VariantKpis {
                 variant: variant.name.clone(),
                 input_series,
@@ -267,14 +331,14 @@ impl KpiMeter {
                 },
                 processors: processors.get(index).cloned().unwrap_or_default(),
             });
-            variant.output_ids.clear();
+            variant.output_totals.start_interval();
             variant.output_samples = 0;
             variant.output_sums.clear();
             variant.protected_out = 0;
             variant.anomalies_kept = 0;
             variant.elapsed = Duration::ZERO;
         }
-        self.input_ids.clear();
+        self.input_totals.start_interval();
         self.input_samples = 0;
         self.input_sums.clear();
         self.protected_in = 0;
@@ -325,5 +389,37 @@ mod tests {
         assert!((kpis.max_relative_error - 0.1).abs() < 1e-12);
         assert_eq!(kpis.protected_out, 0);
         assert_eq!(kpis.protected_coverage_percent(), 0.0);
+    }
+
+    #[test]
+    fn distinct_series_are_counted_once_per_interval_and_counters_by_increase() {
+        let counter = |pod: &str, v: f64| {
+            Series::new(
+                Sym::from("requests_total"),
+                Labels::from_unsorted(vec![Label::new(Sym::from("pod"), Sym::from(pod))]),
+                MetricKind::Counter,
+                vec![Sample::new(1, v)],
+            )
+        };
+        let mut meter = KpiMeter::new(&["v"], Vec::new());
+        for (a, b) in [(10.0, 5.0), (12.0, 9.0)] {
+            let input = Batch::new(vec![counter("a", a), counter("b", b)]);
+            meter.record_input(&input, &[]);
+            meter.record_output(0, &Batch::new(vec![counter("a", a)]), Duration::ZERO);
+        }
+        let kpis = &meter.finish_interval(&[])[0];
+        assert_eq!((kpis.input_series, kpis.output_series), (2, 1));
+        assert_eq!(kpis.reduction_percent, 50.0);
+        // Input increase 2 + 4, output 2: a third of the total is missing.
+        assert!(
+            (kpis.max_relative_error - 4.0 / 6.0).abs() < 1e-12,
+            "{kpis:?}"
+        );
+        // The next interval counts afresh; increases continue from the last values.
+        meter.record_input(&Batch::new(vec![counter("b", 10.0)]), &[]);
+        meter.record_output(0, &Batch::new(vec![counter("b", 10.0)]), Duration::ZERO);
+        let kpis = &meter.finish_interval(&[])[0];
+        assert_eq!((kpis.input_series, kpis.output_series), (1, 1));
+        assert!((kpis.max_relative_error - 1.0).abs() < 1e-12, "{kpis:?}");
     }
 }

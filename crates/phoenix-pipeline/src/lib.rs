@@ -14,6 +14,7 @@ pub mod kpi;
 pub mod model;
 pub mod otelcol;
 pub mod otlp;
+pub mod otlp_export;
 pub mod pipeline;
 pub mod processor;
 pub mod receiver;

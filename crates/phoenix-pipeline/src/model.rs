@@ -8,7 +8,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use hashbrown::HashSet;
-use xxhash_rust::xxh3::Xxh3;
 
 /// An interned string: label names, label values and metric names share one allocation
 /// per distinct value.
@@ -305,16 +304,50 @@ impl fmt::Display for SeriesId {
 
 /// Hashes a name and labels the way [`Series::id`] does.
 pub fn series_id(name: &str, labels: &Labels) -> SeriesId {
-    let mut hasher = Xxh3::new();
-    hasher.update(name.as_bytes());
-    for label in labels.iter() {
-        // Separators that cannot appear in UTF-8 keep `a="bc"` and `ab="c"` apart.
-        hasher.update(&[0xff]);
-        hasher.update(label.name.as_bytes());
-        hasher.update(&[0xfe]);
-        hasher.update(label.value.as_bytes());
+    SeriesId(hash_name_and_labels(
+        name,
+        labels.iter().map(|l| (&*l.name, &*l.value)),
+    ))
+}
+
+/// xxh3 of `name`, then `0xff name 0xfe value` per label: separators that cannot appear
+/// in UTF-8 keep `a="bc"` and `ab="c"` apart. Computed in one shot over a reused
+/// per-thread buffer, which gives the digest a streaming hasher fed the same parts would,
+/// at a fraction of the cost (the streaming hasher pays per call, and a series makes
+/// forty-odd calls).
+pub fn hash_name_and_labels<'a>(
+    name: &str,
+    labels: impl Iterator<Item = (&'a str, &'a str)>,
+) -> u64 {
+    fn fill<'a>(
+        buffer: &mut Vec<u8>,
+        name: &str,
+        labels: impl Iterator<Item = (&'a str, &'a str)>,
+    ) {
+        buffer.clear();
+        buffer.extend_from_slice(name.as_bytes());
+        for (label, value) in labels {
+            buffer.push(0xff);
+            buffer.extend_from_slice(label.as_bytes());
+            buffer.push(0xfe);
+            buffer.extend_from_slice(value.as_bytes());
+        }
     }
-    SeriesId(hasher.digest())
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+    }
+    BUFFER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => {
+            fill(&mut buffer, name, labels);
+            xxhash_rust::xxh3::xxh3_64(&buffer)
+        }
+        // Only reachable if a caller re-entered from inside `labels`; stay correct.
+        Err(_) => {
+            let mut buffer = Vec::new();
+            fill(&mut buffer, name, labels);
+            xxhash_rust::xxh3::xxh3_64(&buffer)
+        }
+    })
 }
 
 /// A time series with the samples of one batch.
@@ -424,6 +457,7 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xxhash_rust::xxh3::Xxh3;
 
     fn sym(s: &str) -> Sym {
         Arc::from(s)
@@ -454,6 +488,23 @@ mod tests {
         let b = Labels::from_unsorted(vec![Label::new(sym("ab"), sym("c"))]);
         assert_ne!(series_id("m", &a), series_id("m", &b));
         assert_eq!(series_id("m", &a), series_id("m", &a.clone()));
+    }
+
+    #[test]
+    fn one_shot_series_id_equals_the_streaming_digest() {
+        let labels = Labels::from_unsorted(vec![
+            Label::new(sym("job"), sym("api")),
+            Label::new(sym("pod"), sym(&"p".repeat(300))),
+        ]);
+        let mut hasher = Xxh3::new();
+        hasher.update(b"requests_total");
+        for label in labels.iter() {
+            hasher.update(&[0xff]);
+            hasher.update(label.name.as_bytes());
+            hasher.update(&[0xfe]);
+            hasher.update(label.value.as_bytes());
+        }
+        assert_eq!(series_id("requests_total", &labels).0, hasher.digest());
     }
 
     #[test]

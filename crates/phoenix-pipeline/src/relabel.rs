@@ -130,6 +130,8 @@ pub fn is_valid_label_name(name: &str) -> bool {
 pub struct RelabelRule {
     config: RelabelConfig,
     regex: Regex,
+    /// Whether the regex matches the name `__name__` (for `labeldrop`/`labelkeep`).
+    name_label_matches: bool,
 }
 
 impl RelabelRule {
@@ -203,7 +205,12 @@ impl RelabelRule {
                 ),
             );
         }
-        Ok(Self { config, regex })
+        let name_label_matches = regex.is_match(METRIC_NAME_LABEL);
+        Ok(Self {
+            config,
+            regex,
+            name_label_matches,
+        })
     }
 
     /// The rule's configuration.
@@ -457,11 +464,40 @@ pub fn relabel_series_cached(
     interner: &mut Interner,
     cache: &mut NameMatchCache,
 ) -> bool {
+    if rules.iter().all(|r| {
+        matches!(
+            r.config.action,
+            RelabelAction::LabelDrop | RelabelAction::LabelKeep
+        )
+    }) {
+        return drop_or_keep_labels_in_place(rules, series, cache);
+    }
     let mut builder = LabelBuilder::from_series(series, interner);
     if !process_cached(rules, &mut builder, interner, cache) {
         return false;
     }
     builder.into_series(series)
+}
+
+/// `labeldrop`/`labelkeep` only: the same result as the general path, computed on the
+/// series' own sorted labels without building a [`LabelBuilder`] (no allocation, no
+/// reference-count traffic for the labels that stay). The `__name__` pseudo-label is
+/// checked by name once per rule: removing it drops the series, as in the general path.
+fn drop_or_keep_labels_in_place(
+    rules: &[RelabelRule],
+    series: &mut Series,
+    cache: &mut NameMatchCache,
+) -> bool {
+    for (rule_index, rule) in rules.iter().enumerate() {
+        let drop_matching = rule.config.action == RelabelAction::LabelDrop;
+        if rule.name_label_matches == drop_matching {
+            return false;
+        }
+        series
+            .labels
+            .retain(|l| cache.matches(rule_index, &rule.regex, &l.name) != drop_matching);
+    }
+    true
 }
 
 /// Shorthand to build a symbol in tests and callers without an interner.
@@ -821,5 +857,63 @@ mod tests {
         );
         assert!(relabel_series(&rules, &mut series, &mut Interner::new()));
         assert_eq!(&*series.name, "host_load1");
+    }
+
+    #[test]
+    fn in_place_labeldrop_and_labelkeep_agree_with_the_general_path() {
+        let label_sets: &[&[(&str, &str)]] = &[
+            &[
+                ("pod", "p1"),
+                ("instance", "i"),
+                ("job", "api"),
+                ("le", "0.5"),
+            ],
+            &[("container", "c"), ("namespace", "ns")],
+            &[],
+            &[("podcast", "x"), ("pod", "y")],
+        ];
+        let rule_sets: Vec<Vec<RelabelConfig>> = vec![
+            vec![rule(&[], "pod|instance", "", "", LabelDrop)],
+            vec![
+                rule(&[], "pod.*", "", "", LabelDrop),
+                rule(&[], "job|le|namespace|__name__", "", "", LabelKeep),
+            ],
+            vec![rule(&[], "job|le", "", "", LabelKeep)],
+            vec![rule(&[], "__.*", "", "", LabelDrop)],
+        ];
+        for configs in rule_sets {
+            let rules: Vec<RelabelRule> = configs
+                .into_iter()
+                .map(|c| RelabelRule::new(c).unwrap())
+                .collect();
+            let mut cache = NameMatchCache::default();
+            for labels in label_sets {
+                let make = || {
+                    Series::new(
+                        sym("m"),
+                        Labels::from_unsorted(
+                            labels
+                                .iter()
+                                .map(|(n, v)| Label::new(sym(n), sym(v)))
+                                .collect(),
+                        ),
+                        crate::model::MetricKind::Gauge,
+                        vec![],
+                    )
+                };
+                let mut fast = make();
+                let fast_kept =
+                    relabel_series_cached(&rules, &mut fast, &mut Interner::new(), &mut cache);
+                let general = make();
+                let mut builder = LabelBuilder::from_series(&general, &mut Interner::new());
+                let general_kept = process(&rules, &mut builder, &mut Interner::new());
+                let mut general = general;
+                let general_kept = general_kept && builder.into_series(&mut general);
+                assert_eq!(fast_kept, general_kept, "{labels:?}");
+                if fast_kept {
+                    assert_eq!(fast.labels, general.labels, "{labels:?}");
+                }
+            }
+        }
     }
 }

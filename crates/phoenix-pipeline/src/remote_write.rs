@@ -193,11 +193,14 @@ impl<'a> WriteRequestView<'a> {
         }
         let mut skipped_without_name = 0;
         batch.series.reserve(self.series_count());
-        let mut labels: Vec<Label> = Vec::new();
         for series_ref in self.series() {
-            labels.clear();
-            let mut name: Option<Sym> = None;
             let range = series_ref.labels.start as usize..series_ref.labels.end as usize;
+            let mut labels: Vec<Label> = Vec::with_capacity(range.len());
+            let mut name: Option<Sym> = None;
+            // Neighbouring series share most of their strings (same metric, namespace,
+            // service...): bytes equal to the previous series' symbol at the same place
+            // reuse it without hashing (and need no UTF-8 check, the symbol is valid).
+            let previous = batch.series.last();
             for l in &self.decoded.labels[range] {
                 let utf8 = |_| DecodeError::Utf8 {
                     offset: l.name_start as usize,
@@ -205,12 +208,21 @@ impl<'a> WriteRequestView<'a> {
                 let label_name = self.bytes_at(l.name_start, l.name_end);
                 let label_value = self.bytes_at(l.value_start, l.value_end);
                 if label_name == METRIC_NAME_LABEL.as_bytes() {
-                    name = Some(interner.intern_bytes(label_value).map_err(utf8)?);
+                    name = Some(match previous {
+                        Some(p) if p.name.as_bytes() == label_value => p.name.clone(),
+                        _ => interner.intern_bytes(label_value).map_err(utf8)?,
+                    });
                 } else if !label_value.is_empty() {
-                    labels.push(Label::new(
-                        interner.intern_bytes(label_name).map_err(utf8)?,
-                        interner.intern_bytes(label_value).map_err(utf8)?,
-                    ));
+                    let same_place = previous.and_then(|p| p.labels.as_slice().get(labels.len()));
+                    let label_name = match same_place {
+                        Some(p) if p.name.as_bytes() == label_name => p.name.clone(),
+                        _ => interner.intern_bytes(label_name).map_err(utf8)?,
+                    };
+                    let label_value = match same_place {
+                        Some(p) if p.value.as_bytes() == label_value => p.value.clone(),
+                        _ => interner.intern_bytes(label_value).map_err(utf8)?,
+                    };
+                    labels.push(Label::new(label_name, label_value));
                 } else {
                     interner.intern_bytes(label_name).map_err(utf8)?;
                 }
@@ -219,8 +231,7 @@ impl<'a> WriteRequestView<'a> {
                 skipped_without_name += 1;
                 continue;
             };
-            let labels = Labels::from_sorted(std::mem::take(&mut labels))
-                .unwrap_or_else(Labels::from_unsorted);
+            let labels = Labels::from_sorted(labels).unwrap_or_else(Labels::from_unsorted);
             let kind = family_kinds
                 .iter()
                 .find(|(family, _)| family_matches(family, &name))
@@ -619,10 +630,10 @@ fn sample_len(sample: &Sample) -> usize {
 
 fn series_body_len(series: &Series, extra: &[(&str, &str)]) -> usize {
     let mut len = 0;
-    for (name, value) in series_label_pairs(series, extra) {
+    for_each_label_pair(series, extra, |name, value| {
         let l = label_len(name, value);
         len += 1 + varint_len(l as u64) + l;
-    }
+    });
     for sample in &series.samples {
         let l = sample_len(sample);
         len += 1 + varint_len(l as u64) + l;
@@ -630,12 +641,26 @@ fn series_body_len(series: &Series, extra: &[(&str, &str)]) -> usize {
     len
 }
 
-/// The wire labels of a series: `__name__` first, then the sorted labels, with `extra`
-/// labels (e.g. `phoenix_variant`) merged in name order.
-fn series_label_pairs<'a>(
+/// Visits the wire labels of a series in name order: `__name__` at its sorted place among
+/// the (already sorted) labels, with `extra` labels (e.g. `phoenix_variant`) merged in,
+/// replacing labels of the same name. Without `extra`, nothing is allocated.
+fn for_each_label_pair<'a>(
     series: &'a Series,
     extra: &'a [(&'a str, &'a str)],
-) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+    mut visit: impl FnMut(&'a str, &'a str),
+) {
+    if extra.is_empty() {
+        let labels = series.labels.as_slice();
+        let split = labels.partition_point(|l| &*l.name < METRIC_NAME_LABEL);
+        for l in &labels[..split] {
+            visit(&l.name, &l.value);
+        }
+        visit(METRIC_NAME_LABEL, &series.name);
+        for l in &labels[split..] {
+            visit(&l.name, &l.value);
+        }
+        return;
+    }
     let mut merged: Vec<(&'a str, &'a str)> =
         Vec::with_capacity(series.labels.len() + 1 + extra.len());
     merged.push((METRIC_NAME_LABEL, &*series.name));
@@ -648,7 +673,9 @@ fn series_label_pairs<'a>(
         }
     }
     merged.sort_by(|a, b| a.0.cmp(b.0));
-    merged.into_iter()
+    for (name, value) in merged {
+        visit(name, value);
+    }
 }
 
 /// Appends the protobuf encoding of `WriteRequest{timeseries}` for `series` to `out`,
@@ -657,12 +684,12 @@ pub fn encode_write_request(series: &[Series], extra: &[(&str, &str)], out: &mut
     for s in series {
         out.push(0x0a);
         put_varint(out, series_body_len(s, extra) as u64);
-        for (name, value) in series_label_pairs(s, extra) {
+        for_each_label_pair(s, extra, |name, value| {
             out.push(0x0a);
             put_varint(out, label_len(name, value) as u64);
             put_string_field(out, 0x0a, name);
             put_string_field(out, 0x12, value);
-        }
+        });
         for sample in &s.samples {
             out.push(0x12);
             put_varint(out, sample_len(sample) as u64);

@@ -28,13 +28,13 @@ pub struct Telemetry {
     pub engine_batches_total: AtomicU64,
     /// Configurations swapped in.
     pub engine_swaps_total: AtomicU64,
-    /// Remote write requests delivered.
+    /// Exporter requests (remote write, OTLP) delivered.
     pub exporter_requests_sent_total: AtomicU64,
     /// Samples delivered.
     pub exporter_samples_sent_total: AtomicU64,
-    /// Retries after 5xx, 429 or transport errors.
+    /// Retries after 5xx, 429, retryable gRPC codes or transport errors.
     pub exporter_retries_total: AtomicU64,
-    /// Requests refused by the peer with a non-retryable 4xx.
+    /// Requests refused by the peer with a non-retryable status.
     pub exporter_requests_rejected_total: AtomicU64,
     /// Requests given up after `max_attempts`.
     pub exporter_requests_failed_total: AtomicU64,
@@ -106,7 +106,7 @@ impl Telemetry {
             ),
             (
                 "phoenix_exporter_requests_sent_total",
-                "Remote write requests delivered.",
+                "Exporter (remote write, OTLP) requests delivered.",
                 &self.exporter_requests_sent_total,
             ),
             (
@@ -116,12 +116,12 @@ impl Telemetry {
             ),
             (
                 "phoenix_exporter_retries_total",
-                "Remote write retries.",
+                "Exporter retries.",
                 &self.exporter_retries_total,
             ),
             (
                 "phoenix_exporter_requests_rejected_total",
-                "Requests refused with a non-retryable 4xx.",
+                "Requests refused with a non-retryable status.",
                 &self.exporter_requests_rejected_total,
             ),
             (

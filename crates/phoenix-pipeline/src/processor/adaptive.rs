@@ -11,7 +11,6 @@
 
 use hashbrown::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::Xxh3;
 
 use super::fold::{AggregateOp, CumulativeTracker, Folder};
 use super::topk::{family_hash, select_top, INCUMBENT_BONUS};
@@ -252,17 +251,14 @@ impl AdaptiveProcessor {
 }
 
 fn stable_group_key(series: &Series, without: &[Sym]) -> u64 {
-    let mut hasher = Xxh3::new();
-    hasher.update(series.name.as_bytes());
-    for label in series.labels.iter() {
-        if !without.contains(&label.name) {
-            hasher.update(&[0xff]);
-            hasher.update(label.name.as_bytes());
-            hasher.update(&[0xfe]);
-            hasher.update(label.value.as_bytes());
-        }
-    }
-    hasher.digest()
+    crate::model::hash_name_and_labels(
+        &series.name,
+        series
+            .labels
+            .iter()
+            .filter(|l| !without.contains(&l.name))
+            .map(|l| (&*l.name, &*l.value)),
+    )
 }
 
 impl Processor for AdaptiveProcessor {

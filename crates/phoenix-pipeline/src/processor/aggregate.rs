@@ -6,7 +6,6 @@
 //! [`super::fold`]). One sample per group per batch, stamped with the newest member's time.
 
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::Xxh3;
 
 use super::fold::{AggregateOp, CumulativeTracker, Folder};
 use super::{parse_selectors, FieldError, Processor, ProcessorStats, DEFAULT_KEEP_LABELS};
@@ -116,17 +115,14 @@ pub struct AggregateProcessor {
 }
 
 fn group_key(series: &Series, grouping: &Grouping) -> u64 {
-    let mut hasher = Xxh3::new();
-    hasher.update(series.name.as_bytes());
-    for label in series.labels.iter() {
-        if grouping.keeps(&label.name) {
-            hasher.update(&[0xff]);
-            hasher.update(label.name.as_bytes());
-            hasher.update(&[0xfe]);
-            hasher.update(label.value.as_bytes());
-        }
-    }
-    hasher.digest()
+    crate::model::hash_name_and_labels(
+        &series.name,
+        series
+            .labels
+            .iter()
+            .filter(|l| grouping.keeps(&l.name))
+            .map(|l| (&*l.name, &*l.value)),
+    )
 }
 
 impl Processor for AggregateProcessor {
@@ -156,8 +152,14 @@ impl Processor for AggregateProcessor {
             let grouping = &self.grouping;
             self.folder
                 .add(group_key(&series, grouping), &series, increase, || {
-                    let mut labels: Labels = series.labels.clone();
-                    labels.retain(|l| grouping.keeps(&l.name));
+                    // Only the kept labels are cloned (still sorted and unique).
+                    let kept: Vec<_> = series
+                        .labels
+                        .iter()
+                        .filter(|l| grouping.keeps(&l.name))
+                        .cloned()
+                        .collect();
+                    let labels = Labels::from_sorted(kept).unwrap_or_else(Labels::from_unsorted);
                     (series.name.clone(), labels)
                 });
             self.stats.folded(&series.name);

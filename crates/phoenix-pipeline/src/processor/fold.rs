@@ -243,7 +243,8 @@ impl Folder {
                 // a total on, and no backend series that could miss it.
                 continue;
             }
-            for op in outputs {
+            let mut labels = Some(acc.labels);
+            for (op_index, op) in outputs.iter().enumerate() {
                 let (value, kind) = match op {
                     AggregateOp::Sum if acc.cumulative => {
                         let total = match self.totals.get_mut(&group) {
@@ -275,9 +276,15 @@ impl Folder {
                     None => acc.name.clone(),
                     Some(suffix) => Sym::from(format!("{}{suffix}", acc.name)),
                 };
+                // The last output takes the group's labels, the others a copy.
+                let labels = if op_index + 1 == outputs.len() {
+                    labels.take().unwrap_or_default()
+                } else {
+                    labels.clone().unwrap_or_default()
+                };
                 emit(Series::new(
                     name,
-                    acc.labels.clone(),
+                    labels,
                     kind,
                     vec![Sample::new(acc.timestamp_ms, value)],
                 ));

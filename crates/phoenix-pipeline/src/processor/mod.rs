@@ -48,15 +48,36 @@ impl MetricCounts {
 
 /// What a processor did, per metric name (the input metric name; emitted series count
 /// under their own name).
+///
+/// Batches hold the series of one metric next to each other, so the counts of the current
+/// run of one metric (recognised by its interned name's address) are kept aside and folded
+/// into the map when the metric changes: no string hashing per series.
 #[derive(Debug, Clone, Default)]
 pub struct ProcessorStats {
     per_metric: HashMap<Sym, MetricCounts, ahash::RandomState>,
+    run: Option<(Sym, MetricCounts)>,
 }
 
 impl ProcessorStats {
     fn entry(&mut self, metric: &Sym) -> &mut MetricCounts {
-        // Looked up by `&str`: no reference-count traffic on the common hit.
-        self.per_metric.entry_ref(&**metric).or_default()
+        let same_run = matches!(&self.run, Some((m, _)) if std::sync::Arc::ptr_eq(m, metric));
+        if !same_run {
+            self.fold_run();
+        }
+        &mut self
+            .run
+            .get_or_insert_with(|| (metric.clone(), MetricCounts::default()))
+            .1
+    }
+
+    fn fold_run(&mut self) {
+        if let Some((metric, counts)) = self.run.take() {
+            // Looked up by `&str`: no reference-count traffic on the common hit.
+            self.per_metric
+                .entry_ref(&*metric)
+                .or_default()
+                .add(&counts);
+        }
     }
 
     /// Records one received series.
@@ -82,12 +103,22 @@ impl ProcessorStats {
 
     /// Counts for one metric.
     pub fn metric(&self, metric: &str) -> MetricCounts {
-        self.per_metric.get(metric).copied().unwrap_or_default()
+        let mut counts = self.per_metric.get(metric).copied().unwrap_or_default();
+        if let Some((m, run)) = &self.run {
+            if &**m == metric {
+                counts.add(run);
+            }
+        }
+        counts
     }
 
-    /// Iterates `(metric, counts)`.
-    pub fn iter(&self) -> impl Iterator<Item = (&Sym, &MetricCounts)> {
-        self.per_metric.iter()
+    /// `(metric, counts)` of every metric, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (Sym, MetricCounts)> {
+        let mut all: HashMap<Sym, MetricCounts, ahash::RandomState> = self.per_metric.clone();
+        if let Some((metric, run)) = &self.run {
+            all.entry_ref(&**metric).or_default().add(run);
+        }
+        all.into_iter()
     }
 
     /// Counts summed over all metrics.
@@ -96,12 +127,16 @@ impl ProcessorStats {
         for counts in self.per_metric.values() {
             total.add(counts);
         }
+        if let Some((_, run)) = &self.run {
+            total.add(run);
+        }
         total
     }
 
     /// Forgets everything (between KPI intervals).
     pub fn reset(&mut self) {
         self.per_metric.clear();
+        self.run = None;
     }
 }
 
@@ -141,18 +176,14 @@ pub fn family_name(series: &Series) -> &str {
 /// Identity of the "unit" a series belongs to: its family and labels minus `keep_labels`
 /// (so all buckets of one histogram series move together).
 pub fn unit_id(series: &Series, keep_labels: &[Sym]) -> u64 {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    hasher.update(family_name(series).as_bytes());
-    for label in series.labels.iter() {
-        if keep_labels.contains(&label.name) {
-            continue;
-        }
-        hasher.update(&[0xff]);
-        hasher.update(label.name.as_bytes());
-        hasher.update(&[0xfe]);
-        hasher.update(label.value.as_bytes());
-    }
-    hasher.digest()
+    crate::model::hash_name_and_labels(
+        family_name(series),
+        series
+            .labels
+            .iter()
+            .filter(|l| !keep_labels.contains(&l.name))
+            .map(|l| (&*l.name, &*l.value)),
+    )
 }
 
 /// The labels of `series` that are in `keep_labels`.
