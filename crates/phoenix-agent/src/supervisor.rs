@@ -329,6 +329,13 @@ impl Supervisor {
             )));
             rw_queue = Some(queue);
         }
+        if let Some(otlp) = &base.config.exporters.otlp {
+            // Retries and a bounded in-memory queue; unlike remote write, not disk-buffered.
+            exporters.push(
+                phoenix_pipeline::otlp_export::OtlpExporter::start(otlp.clone(), telemetry.clone())
+                    .map_err(|e| SupervisorError::Config(format!("exporters.otlp: {e}")))?,
+            );
+        }
         let exposition = ExpositionExporter::new();
         if base.config.exporters.prometheus.is_some() {
             exporters.push(exposition.clone());
