@@ -27,6 +27,9 @@ pub const MAX_ANALYSIS_ROWS: u32 = 250_000;
 /// A claimed analysis not finished after this long is taken over by another replica.
 const STALE_CLAIM_SECONDS: i64 = 300;
 const COST_PRESETS_SETTING: &str = "cost_presets";
+/// A final decision stored this long ago while its experiment is still `analyzing` is
+/// applied again (the phase change after it was lost).
+const RETRY_DECISION_AFTER_SECONDS: i64 = 60;
 
 /// `GET /api/v1/experiments/{id}/kpis`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -371,9 +374,14 @@ impl Service {
                     return Ok(());
                 }
                 let seq = (elapsed / exp.analysis.interval_seconds.max(1)) as i64;
+                let attempted = self.analysis_attempted.get(&exp.id).map(|s| *s);
+                if attempted == Some(seq) {
+                    return Ok(());
+                }
                 if self.claim(exp.id, seq, false, runner).await? {
                     self.interim(exp, seq).await?;
                 }
+                self.analysis_attempted.insert(exp.id, seq);
             }
             ExperimentPhase::Analyzing => self.finish(exp, runner).await?,
             _ => {}
@@ -437,14 +445,34 @@ impl Service {
     }
 
     async fn finish(&self, exp: &Experiment, runner: &str) -> ServiceResult<()> {
-        if !self.claim(exp.id, FINAL_ANALYSIS_SEQ, true, runner).await? {
-            return Ok(());
-        }
-        let rows = self.experiment_rows(exp.id).await?;
-        let extra = vec![self.used_labels_guardrail(exp).await?];
-        let result = analysis::analyze(&exp.analysis, &rows, true, extra);
-        self.store_result(exp.id, FINAL_ANALYSIS_SEQ, &result)
-            .await?;
+        self.analysis_attempted.remove(&exp.id);
+        let result = if self.claim(exp.id, FINAL_ANALYSIS_SEQ, true, runner).await? {
+            let rows = self.experiment_rows(exp.id).await?;
+            let extra = vec![self.used_labels_guardrail(exp).await?];
+            let result = analysis::analyze(&exp.analysis, &rows, true, extra);
+            self.store_result(exp.id, FINAL_ANALYSIS_SEQ, &result)
+                .await?;
+            result
+        } else {
+            // Another replica has it, or had it: when its decision was stored a while ago
+            // and the experiment is still analyzing, the phase change after it failed (the
+            // database went away in between). Apply the stored decision again; the phase
+            // change is compare-and-set, so at most one replica's lands.
+            let analyses = self.store.list_analyses(exp.id, 1).await?;
+            let stored = analyses.first().filter(|a| {
+                a.is_final
+                    && a.finished_at.is_some_and(|t| {
+                        (self.clock.now() - t).num_seconds() > RETRY_DECISION_AFTER_SECONDS
+                    })
+            });
+            match stored
+                .and_then(|a| a.result.clone())
+                .and_then(|r| serde_json::from_value::<AnalysisResult>(r).ok())
+            {
+                Some(result) => result,
+                None => return Ok(()),
+            }
+        };
         let promoted = result.decision == Decision::Promote;
         let mut reason = format!("decision {}", result.decision.as_str());
         if let Some(first) = result.reasons.first() {

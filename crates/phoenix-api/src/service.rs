@@ -78,6 +78,9 @@ pub struct Service {
     /// Analyses this process ran (interim and final), for `/metrics` and the tests that
     /// prove each interval is analysed once across replicas.
     pub analyses_run: std::sync::atomic::AtomicU64,
+    /// Per experiment, the last interval this replica asked to analyse: each replica tries
+    /// to claim an interval once, not on every tick.
+    pub(crate) analysis_attempted: DashMap<ExperimentId, i64>,
 }
 
 /// How long cached agent credentials are trusted without a change notification.
@@ -269,6 +272,7 @@ impl Service {
             enqueues,
             claims,
             analyses_run: std::sync::atomic::AtomicU64::new(0),
+            analysis_attempted: DashMap::new(),
         }
     }
 
