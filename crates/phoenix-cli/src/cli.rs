@@ -53,6 +53,10 @@ pub enum Command {
     /// Create, run, follow and judge experiments.
     #[command(subcommand, visible_alias = "exp")]
     Experiment(ExperimentCmd),
+    /// Pipeline templates, rendering (Phoenix or OpenTelemetry Collector YAML), validation,
+    /// and deployments outside experiments.
+    #[command(subcommand, visible_alias = "pl")]
+    Pipeline(PipelineCmd),
     /// Agents enrolled with the control plane.
     #[command(subcommand)]
     Fleet(FleetCmd),
@@ -203,6 +207,71 @@ pub struct CreateArgs {
     /// Start it right after creating it.
     #[arg(long)]
     pub start: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ParamArgs {
+    /// A template parameter, `name=value` (the value is read as YAML: `k=20`,
+    /// `without=[pod,instance]`); repeat for several.
+    #[arg(short = 'p', long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    /// Parameters from a YAML or JSON file (flags win).
+    #[arg(long, value_name = "FILE")]
+    pub params_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PipelineCmd {
+    /// The templates: built-ins, then user templates (latest version).
+    #[command(visible_alias = "ls")]
+    Templates,
+    /// One template: parameter schema and source.
+    Template {
+        name: String,
+        /// A user template's version (default: the latest).
+        #[arg(long = "template-version", value_name = "N")]
+        template_version: Option<u32>,
+    },
+    /// Render a template with parameters, as Phoenix pipeline YAML or the equivalent
+    /// OpenTelemetry Collector configuration (`--format otelcol`).
+    Render {
+        template: String,
+        #[command(flatten)]
+        params: ParamArgs,
+        #[arg(long, default_value = "phoenix", value_parser = ["phoenix", "otelcol"])]
+        format: String,
+    },
+    /// Validate a pipeline: a template name, or a literal pipeline file with -f.
+    Validate {
+        /// A template name (or a literal pipeline as text).
+        pipeline: Option<String>,
+        /// A pipeline YAML file.
+        #[arg(short, long, value_name = "FILE", conflicts_with = "pipeline")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        params: ParamArgs,
+    },
+    /// Make a pipeline live on hosts outside experiments.
+    Deploy {
+        /// A template name (or a literal pipeline as text).
+        pipeline: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Target hosts, comma-separated.
+        #[arg(long, value_delimiter = ',', value_name = "HOST,…")]
+        hosts: Vec<String>,
+        /// Agent label to match, `key=value` (repeat or comma-separate).
+        #[arg(long, value_delimiter = ',', value_name = "KEY=VALUE")]
+        selector: Vec<String>,
+        #[command(flatten)]
+        params: ParamArgs,
+    },
+    /// Deployments, newest first.
+    Deployments,
+    /// One deployment and each host's progress.
+    Deployment { id: String },
+    /// Withdraw a deployment: every host gets the baseline pipeline back.
+    Withdraw { id: String },
 }
 
 #[derive(Debug, Subcommand)]

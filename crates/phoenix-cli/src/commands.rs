@@ -67,6 +67,10 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
             let target = resolve(g, &config)?;
             crate::experiment::run(cmd, g, &client(g, &target)?).await
         }
+        Command::Pipeline(cmd) => {
+            let c = client(g, &resolve(g, &config)?)?;
+            crate::pipeline::run(cmd, g, &c).await
+        }
         Command::Fleet(cmd) => {
             let c = client(g, &resolve(g, &config)?)?;
             let status = c.fleet_status().await?;

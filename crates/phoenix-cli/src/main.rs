@@ -13,6 +13,7 @@ mod config;
 mod error;
 mod experiment;
 mod output;
+mod pipeline;
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -106,6 +107,14 @@ mod tests {
 
     fn path(args: &[&str]) -> String {
         subcommand_path(args.iter().map(|a| a.to_string()))
+    }
+
+    /// clap's own consistency checks over every subcommand (duplicate names, conflicts):
+    /// a mistake there is a panic at run time, not a compile error.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        crate::cli::Cli::command().debug_assert();
     }
 
     #[test]

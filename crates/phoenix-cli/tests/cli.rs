@@ -583,3 +583,57 @@ fn ui_prints_the_dashboard_url() {
     let out = env.ok(&["ui", "--no-open"]);
     assert_eq!(out.trim(), format!("{}/", env.api.base()));
 }
+
+#[test]
+fn pipeline_templates_render_validate_and_deploy() {
+    let env = Env::start();
+    let table = env.ok(&["pipeline", "templates"]);
+    for name in [
+        "baseline",
+        "topk",
+        "adaptive",
+        "hybrid",
+        "cardinality-cap",
+        "errors-and-anomalies",
+    ] {
+        assert!(table.contains(name), "{name} missing:\n{table}");
+    }
+    let shown = env.ok(&["pipeline", "template", "topk"]);
+    assert!(
+        shown.contains("PARAMETER") && shown.contains("window"),
+        "{shown}"
+    );
+
+    let yaml = env.ok(&["pipeline", "render", "topk", "-p", "k=7"]);
+    assert!(yaml.contains("k: 7"), "{yaml}");
+    let otel = env.ok(&["pipeline", "render", "adaptive", "--format", "otelcol"]);
+    assert!(
+        otel.contains("service:") && otel.contains("processors"),
+        "{otel}"
+    );
+
+    let ok = env.ok(&["pipeline", "validate", "topk", "-p", "k=5"]);
+    assert!(ok.starts_with("valid: processors topk"), "{ok}");
+    // Out of range: the API's 400, one line, exit 1.
+    let out = env.run(&["pipeline", "validate", "topk", "-p", "k=0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("parameters.k"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // A malformed --param: a usage error, exit 2.
+    let out = env.run(&["pipeline", "render", "topk", "-p", "k"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let d = env.json(&[
+        "pipeline", "deploy", "topk", "--hosts", "h1,h2", "-p", "k=5", "--name", "cli",
+    ]);
+    assert_eq!(d["status"], "active");
+    assert_eq!(d["by_status"]["pending"], 2);
+    let id = d["id"].as_str().unwrap().to_string();
+    let list = env.json(&["pipeline", "deployments"]);
+    assert_eq!(list["total"], 1);
+    let shown = env.ok(&["pipeline", "deployment", &id]);
+    assert!(shown.contains("h1") && shown.contains("pending"), "{shown}");
+    let w = env.json(&["pipeline", "withdraw", &id]);
+    assert_eq!(w["status"], "withdrawn");
+}

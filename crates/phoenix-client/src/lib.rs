@@ -362,6 +362,64 @@ impl Client {
         self.get(&format!("/api/v1/tasks/{}", seg(id))).await
     }
 
+    // --- pipelines ------------------------------------------------------------------------
+
+    /// `GET /api/v1/pipelines/templates`.
+    pub async fn templates(&self) -> ClientResult<serde_json::Value> {
+        self.get("/api/v1/pipelines/templates").await
+    }
+
+    /// `GET /api/v1/pipelines/templates/{name}[?version=N]`.
+    pub async fn template(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> ClientResult<serde_json::Value> {
+        let mut path = format!("/api/v1/pipelines/templates/{}", seg(name));
+        if let Some(v) = version {
+            path.push_str(&format!("?version={v}"));
+        }
+        self.get(&path).await
+    }
+
+    /// `POST /api/v1/pipelines/render` with any body (`template`, `parameters`, `format`).
+    pub async fn render(&self, body: &serde_json::Value) -> ClientResult<serde_json::Value> {
+        let path = "/api/v1/pipelines/render";
+        self.json(self.request(Method::POST, path).json(body), path)
+            .await
+    }
+
+    /// `POST /api/v1/pipelines/validate` (`pipeline`, `parameters`).
+    pub async fn validate(&self, body: &serde_json::Value) -> ClientResult<serde_json::Value> {
+        let path = "/api/v1/pipelines/validate";
+        self.json(self.request(Method::POST, path).json(body), path)
+            .await
+    }
+
+    /// `POST /api/v1/pipeline-deployments`.
+    pub async fn deploy(&self, body: &serde_json::Value) -> ClientResult<serde_json::Value> {
+        let path = "/api/v1/pipeline-deployments";
+        self.json(self.request(Method::POST, path).json(body), path)
+            .await
+    }
+
+    /// `GET /api/v1/pipeline-deployments`.
+    pub async fn deployments(&self) -> ClientResult<serde_json::Value> {
+        self.get("/api/v1/pipeline-deployments?limit=500").await
+    }
+
+    /// `GET /api/v1/pipeline-deployments/{id}`.
+    pub async fn deployment(&self, id: &str) -> ClientResult<serde_json::Value> {
+        self.get(&format!("/api/v1/pipeline-deployments/{}", seg(id)))
+            .await
+    }
+
+    /// `DELETE /api/v1/pipeline-deployments/{id}`: back to the baseline on every host.
+    pub async fn withdraw(&self, id: &str) -> ClientResult<serde_json::Value> {
+        let path = format!("/api/v1/pipeline-deployments/{}", seg(id));
+        self.json(self.request(Method::DELETE, &path), &path).await
+    }
+
     pub async fn fleet_status(&self) -> ClientResult<FleetStatus> {
         self.get("/api/v1/fleet/status").await
     }
