@@ -42,7 +42,8 @@ pub struct KpiReport {
     pub summary: KpiSummary,
 }
 
-/// Means over the intervals both variants reported in.
+/// Over the intervals both variants reported in; output series are per-host means summed
+/// across hosts.
 #[derive(Debug, Clone, Default, Serialize, ToSchema)]
 pub struct KpiSummary {
     pub intervals: usize,
@@ -123,6 +124,42 @@ fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| s / n as f64)
 }
 
+/// What one variant sends across the fleet: per host, the mean active series over its
+/// batches and its samples and bytes per second over the time its batches cover; summed
+/// across hosts. (Summing per interval instead undercounts whenever a host's batch falls
+/// into the neighbouring interval.)
+fn fleet_usage(rows: &[KpiRow], variant: phoenix_core::Variant) -> Usage {
+    #[derive(Default)]
+    struct Host {
+        n: u64,
+        series: u64,
+        samples: u64,
+        bytes: u64,
+        seconds: f64,
+    }
+    let mut hosts: std::collections::BTreeMap<&phoenix_core::HostId, Host> = Default::default();
+    for r in rows.iter().filter(|r| r.variant == variant) {
+        let h = hosts.entry(&r.host_id).or_default();
+        h.n += 1;
+        h.series += r.values.output_series;
+        h.samples += r.values.output_samples;
+        h.bytes += r.values.output_bytes;
+        h.seconds += (r.interval_end - r.interval_start)
+            .num_milliseconds()
+            .max(0) as f64
+            / 1000.0;
+    }
+    let mut u = Usage::default();
+    for h in hosts.values() {
+        u.active_series += h.series as f64 / h.n.max(1) as f64;
+        if h.seconds > 0.0 {
+            u.samples_per_second += h.samples as f64 / h.seconds;
+            u.bytes_per_second += h.bytes as f64 / h.seconds;
+        }
+    }
+    u
+}
+
 /// Pairs of (baseline, candidate) points for the intervals both reported in.
 fn paired(series: &KpiSeries) -> Vec<(&KpiPoint, &KpiPoint)> {
     let base: std::collections::BTreeMap<_, _> = series
@@ -171,8 +208,10 @@ impl Service {
             intervals: pairs.len(),
             hosts,
             batches: rows.len(),
-            baseline_output_series: mean(pairs.iter().map(|(b, _)| b.output_series)),
-            candidate_output_series: mean(pairs.iter().map(|(_, c)| c.output_series)),
+            baseline_output_series: (!pairs.is_empty())
+                .then(|| fleet_usage(&rows, phoenix_core::Variant::Baseline).active_series),
+            candidate_output_series: (!pairs.is_empty())
+                .then(|| fleet_usage(&rows, phoenix_core::Variant::Candidate).active_series),
             input_series: mean(pairs.iter().map(|(_, c)| c.input_series)),
             reduction_percent: mean(pairs.iter().map(|(_, c)| c.reduction_percent)),
             protected_coverage_percent: (p_in > 0).then(|| p_out as f64 / p_in as f64 * 100.0),
@@ -282,25 +321,8 @@ impl Service {
         let rows = self.experiment_rows(id).await?;
         let series = analysis::bucket(&rows, exp.analysis.interval_seconds);
         let pairs = paired(&series);
-        let secs = series.interval_seconds.max(1) as f64;
-        let usage = |p: &KpiPoint| Usage {
-            active_series: p.output_series,
-            samples_per_second: p.output_samples as f64 / secs,
-            bytes_per_second: p.output_bytes as f64 / secs,
-        };
-        let avg = |f: &dyn Fn(&(&KpiPoint, &KpiPoint)) -> Usage| -> Usage {
-            let n = pairs.len().max(1) as f64;
-            let mut u = Usage::default();
-            for p in &pairs {
-                let x = f(p);
-                u.active_series += x.active_series / n;
-                u.samples_per_second += x.samples_per_second / n;
-                u.bytes_per_second += x.bytes_per_second / n;
-            }
-            u
-        };
-        let before = avg(&|(b, _)| usage(b));
-        let after = avg(&|(_, c)| usage(c));
+        let before = fleet_usage(&rows, phoenix_core::Variant::Baseline);
+        let after = fleet_usage(&rows, phoenix_core::Variant::Candidate);
         Ok(CostAnalysis {
             experiment_id: id,
             before,
