@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use phoenix_core::analysis::{self, AnalysisResult, Decision, KpiPoint, KpiRow, KpiSeries};
+use phoenix_core::analysis::{self, AnalysisResult, Decision, KpiPoint, KpiRow};
 use phoenix_core::cost::{self, CostComparison, PricingPreset, Usage};
 use phoenix_core::{
     Experiment, ExperimentCommand, ExperimentId, ExperimentPhase, FieldErrors, NewTask, TaskStatus,
@@ -160,20 +160,6 @@ fn fleet_usage(rows: &[KpiRow], variant: phoenix_core::Variant) -> Usage {
     u
 }
 
-/// Pairs of (baseline, candidate) points for the intervals both reported in.
-fn paired(series: &KpiSeries) -> Vec<(&KpiPoint, &KpiPoint)> {
-    let base: std::collections::BTreeMap<_, _> = series
-        .baseline
-        .iter()
-        .map(|p| (p.interval_start, p))
-        .collect();
-    series
-        .candidate
-        .iter()
-        .filter_map(|c| base.get(&c.interval_start).map(|b| (*b, c)))
-        .collect()
-}
-
 impl Service {
     async fn experiment_rows(&self, id: ExperimentId) -> ServiceResult<Vec<KpiRow>> {
         Ok(to_rows(
@@ -185,7 +171,7 @@ impl Service {
         let exp = self.store.get_experiment(id).await?;
         let rows = self.experiment_rows(id).await?;
         let series = analysis::bucket(&rows, exp.analysis.interval_seconds);
-        let pairs = paired(&series);
+        let pairs = analysis::paired(&series);
         let hosts = rows
             .iter()
             .map(|r| &r.host_id)
@@ -320,7 +306,7 @@ impl Service {
         };
         let rows = self.experiment_rows(id).await?;
         let series = analysis::bucket(&rows, exp.analysis.interval_seconds);
-        let pairs = paired(&series);
+        let pairs = analysis::paired(&series);
         let before = fleet_usage(&rows, phoenix_core::Variant::Baseline);
         let after = fleet_usage(&rows, phoenix_core::Variant::Candidate);
         Ok(CostAnalysis {

@@ -3,6 +3,7 @@
 //! operational endpoints that show them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -11,33 +12,6 @@ use std::time::Duration;
 use common::*;
 use phoenix_core::ManualClock;
 use serde_json::{json, Value};
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let s = super::start_sqlite().await;
-                    super::$name(&s).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let s = super::start_pg().await;
-                    super::$name(&s).await;
-                    if let Some(db) = s.pg_db.clone() {
-                        drop(s);
-                        super::drop_pg_database(&db).await;
-                    }
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     long_poll_returns_the_moment_a_task_is_queued,

@@ -3,6 +3,7 @@
 //! guardrail, metric and host, serves KPIs, results and cost, and refuses bad input.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -10,33 +11,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SecondsFormat, Utc};
 use common::*;
 use serde_json::{json, Value};
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let s = super::start_sqlite().await;
-                    super::$name(&s).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let s = super::start_pg().await;
-                    super::$name(&s).await;
-                    if let Some(db) = s.pg_db.clone() {
-                        drop(s);
-                        super::drop_pg_database(&db).await;
-                    }
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     a_good_candidate_is_promoted_with_reasons_cost_and_promote_tasks,

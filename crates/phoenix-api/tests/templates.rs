@@ -3,37 +3,11 @@
 //! versions, and experiments refusing unknown templates and parameters.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use common::*;
 use serde_json::{json, Value};
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let s = super::start_sqlite().await;
-                    super::$name(&s).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let s = super::start_pg().await;
-                    super::$name(&s).await;
-                    if let Some(db) = s.pg_db.clone() {
-                        drop(s);
-                        super::drop_pg_database(&db).await;
-                    }
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     builtins_render_as_phoenix_and_otelcol_and_validate,

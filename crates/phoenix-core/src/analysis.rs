@@ -297,6 +297,21 @@ pub fn bucket(rows: &[KpiRow], interval_seconds: u64) -> KpiSeries {
     out
 }
 
+/// The (baseline, candidate) points of the intervals both variants reported in (in shadow
+/// mode, every one).
+pub fn paired(series: &KpiSeries) -> Vec<(&KpiPoint, &KpiPoint)> {
+    let base: BTreeMap<DateTime<Utc>, &KpiPoint> = series
+        .baseline
+        .iter()
+        .map(|p| (p.interval_start, p))
+        .collect();
+    series
+        .candidate
+        .iter()
+        .filter_map(|c| base.get(&c.interval_start).map(|b| (*b, c)))
+        .collect()
+}
+
 fn reduction(input: f64, output: f64) -> f64 {
     if input > 0.0 {
         (1.0 - output / input) * 100.0
@@ -610,17 +625,7 @@ pub fn analyze(
     extra: Vec<GuardrailResult>,
 ) -> AnalysisResult {
     let series = bucket(rows, spec.interval_seconds);
-    // Intervals both variants reported in (shadow mode: every one).
-    let base: BTreeMap<DateTime<Utc>, &KpiPoint> = series
-        .baseline
-        .iter()
-        .map(|p| (p.interval_start, p))
-        .collect();
-    let paired: Vec<(&KpiPoint, &KpiPoint)> = series
-        .candidate
-        .iter()
-        .filter_map(|c| base.get(&c.interval_start).map(|b| (*b, c)))
-        .collect();
+    let paired = paired(&series);
     let hosts = rows
         .iter()
         .map(|r| &r.host_id)

@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::experiment::{FieldErrors, MAX_NAME_LEN, MAX_PIPELINE_LEN, MAX_TARGET_HOSTS};
+use crate::experiment::{
+    validate_selector, validate_targets, FieldErrors, MAX_NAME_LEN, MAX_PIPELINE_LEN,
+};
 use crate::ids::{DeploymentId, HostId, TaskId};
 
 /// A request to deploy.
@@ -50,38 +52,14 @@ impl NewPipelineDeployment {
         if !self.parameters.is_object() {
             e.push("parameters", "must be a JSON object");
         }
-        if self.target_hosts.len() > MAX_TARGET_HOSTS {
-            e.push(
-                "target_hosts",
-                format!("must list at most {MAX_TARGET_HOSTS} hosts"),
-            );
-        }
-        let mut seen = std::collections::HashSet::new();
-        for (i, h) in self.target_hosts.iter().enumerate() {
-            if !seen.insert(h) {
-                e.push(
-                    format!("target_hosts[{i}]"),
-                    format!("`{h}` is listed twice"),
-                );
-            }
-        }
+        validate_targets(&self.target_hosts, &mut e);
         if self.target_hosts.is_empty() && self.target_selector.is_empty() {
             e.push(
                 "target_hosts",
                 "give at least one host, or a target_selector",
             );
         }
-        for (k, v) in &self.target_selector {
-            if k.is_empty() || k.len() > 128 || v.is_empty() || v.len() > 256 {
-                e.push(
-                    format!(
-                        "target_selector.{}",
-                        k.chars().take(128).collect::<String>()
-                    ),
-                    "label names must be 1 to 128 bytes and values 1 to 256",
-                );
-            }
-        }
+        validate_selector(&self.target_selector, &mut e);
         e.into_result()
     }
 }

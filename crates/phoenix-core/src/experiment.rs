@@ -593,7 +593,7 @@ fn validate_pipeline(field: &str, p: &str, e: &mut FieldErrors) {
     }
 }
 
-fn validate_targets(t: &[HostId], e: &mut FieldErrors) {
+pub(crate) fn validate_targets(t: &[HostId], e: &mut FieldErrors) {
     if t.len() > MAX_TARGET_HOSTS {
         e.push(
             "target_hosts",
@@ -614,7 +614,7 @@ fn validate_targets(t: &[HostId], e: &mut FieldErrors) {
 /// Most label pairs in a target selector.
 pub const MAX_SELECTOR_LABELS: usize = 16;
 
-fn validate_selector(sel: &BTreeMap<String, String>, e: &mut FieldErrors) {
+pub(crate) fn validate_selector(sel: &BTreeMap<String, String>, e: &mut FieldErrors) {
     if sel.len() > MAX_SELECTOR_LABELS {
         e.push(
             "target_selector",

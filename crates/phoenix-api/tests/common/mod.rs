@@ -11,6 +11,36 @@ use reqwest::{Client, Response};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+/// One test per name on each backend: `mod sqlite { async fn name() }` and
+/// `mod postgres { async fn name() }`, each calling `name(&server)` from the including file
+/// (which must also bring `start_sqlite`, `start_pg` and `drop_pg_database` into scope).
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let s = super::start_sqlite().await;
+                    super::$name(&s).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let s = super::start_pg().await;
+                    super::$name(&s).await;
+                    if let Some(db) = s.pg_db.clone() {
+                        drop(s);
+                        super::drop_pg_database(&db).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
 pub const ENROLL_TOKEN: &str = "test-enrollment-token-0123456789";
 
 pub struct TestServer {
