@@ -214,6 +214,22 @@ struct Credentials {
     agent_secret: String,
 }
 
+/// An error with its causes: reqwest's own message ("error sending request for url") hides
+/// the one that matters (connection refused, an untrusted certificate, a pin mismatch).
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// The client. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct ApiClient {
@@ -246,12 +262,18 @@ impl ApiClient {
         data_dir: &Path,
         request_timeout: Duration,
         breaker: Breaker,
+        tls: Option<rustls::ClientConfig>,
     ) -> Result<Self, ApiError> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(request_timeout)
-            .pool_idle_timeout(Duration::from_secs(50))
+            .pool_idle_timeout(Duration::from_secs(50));
+        if let Some(config) = tls {
+            // The CA / pin of `crate::tls`; without it, reqwest's web roots.
+            builder = builder.use_preconfigured_tls(config);
+        }
+        let http = builder
             .build()
-            .map_err(|e| ApiError::Transport(e.to_string()))?;
+            .map_err(|e| ApiError::Transport(describe(&e)))?;
         let credentials_path = credentials_path(data_dir);
         let base = base.trim_end_matches('/').to_string();
         let secret = match std::fs::read(&credentials_path) {
@@ -310,7 +332,7 @@ impl ApiClient {
         let outcome = match result {
             Ok(r) if r.status().is_success() => Ok(r),
             Ok(r) => Err(Self::decode_error(r).await),
-            Err(e) => Err(ApiError::Transport(e.to_string())),
+            Err(e) => Err(ApiError::Transport(describe(&e))),
         };
         let outage = outcome.as_ref().err().is_some_and(ApiError::is_outage);
         if outage {

@@ -81,6 +81,9 @@ pub enum RunError {
     /// A disk buffer.
     #[error(transparent)]
     Queue(#[from] crate::diskqueue::QueueError),
+    /// The TLS trust settings.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The API client.
     #[error(transparent)]
     Client(#[from] ApiError),
@@ -933,6 +936,10 @@ pub async fn run(
         }
         None => Base::empty(),
     };
+    let tls = crate::tls::client_config(
+        settings.tls_ca_file.as_deref(),
+        settings.tls_pinned_sha256.as_deref(),
+    )?;
     let client = Arc::new(ApiClient::new(
         &settings.api_url,
         host.clone(),
@@ -940,6 +947,7 @@ pub async fn run(
         &data_dir,
         settings.request_timeout,
         Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
+        tls,
     )?);
     if !client.is_enrolled() && settings.enrollment_token.is_none() {
         return Err(RunError::Client(ApiError::NoToken));

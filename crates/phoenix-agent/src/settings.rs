@@ -76,6 +76,12 @@ pub struct Settings {
     /// Where the agent's own `/metrics` listens when the pipeline file has no
     /// `exporters.prometheus` (which otherwise serves them too).
     pub metrics_listen: Option<String>,
+    /// PEM file of the CA(s) that sign the API's certificate (`https://` api_url); replaces
+    /// the system's web roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// SHA-256 fingerprint of the API's leaf certificate (hex, colons allowed), checked in
+    /// addition to the chain.
+    pub tls_pinned_sha256: Option<String>,
 }
 
 impl Default for Settings {
@@ -102,6 +108,8 @@ impl Default for Settings {
             log_buffer_max_entries: 1000,
             shutdown_grace: Duration::from_secs(10),
             metrics_listen: None,
+            tls_ca_file: None,
+            tls_pinned_sha256: None,
         }
     }
 }
@@ -236,6 +244,30 @@ impl Settings {
                     "metrics_listen",
                     "must be an address like 127.0.0.1:9464",
                 ));
+            }
+        }
+        if let Some(pin) = &self.tls_pinned_sha256 {
+            crate::tls::parse_pin(pin).map_err(|_| {
+                invalid(
+                    "tls_pinned_sha256",
+                    "must be a SHA-256 fingerprint: 64 hexadecimal digits (colons allowed)",
+                )
+            })?;
+        }
+        if (self.tls_ca_file.is_some() || self.tls_pinned_sha256.is_some())
+            && !self.api_url.starts_with("https://")
+        {
+            return Err(invalid(
+                "api_url",
+                "must be https:// when tls_ca_file or tls_pinned_sha256 is set",
+            ));
+        }
+        if let Some(ca) = &self.tls_ca_file {
+            if !ca.is_file() {
+                return Err(SettingsError::Invalid {
+                    key: "tls_ca_file",
+                    problem: format!("{} is not a readable file", ca.display()),
+                });
             }
         }
         if self.host_id.is_none() && hostname().is_none() {

@@ -73,6 +73,11 @@ pub struct Config {
     pub log_level: String,
     /// Create a sample experiment when the database has none (the README's first command).
     pub seed_demo: bool,
+    /// PEM certificate chain (leaf first). With `tls_key_file`, the API serves HTTPS (and
+    /// `wss://`) only; without both, plain HTTP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -97,6 +102,8 @@ impl Default for Config {
             log_format: LogFormat::Json,
             log_level: "info".to_string(),
             seed_demo: false,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -156,6 +163,21 @@ impl Config {
                     "must start with sqlite:// or postgres:// (or postgresql://)",
                 ));
             }
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "tls_key_file",
+                    "is required when tls_cert_file is set",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "tls_cert_file",
+                    "is required when tls_key_file is set",
+                ))
+            }
+            _ => {}
         }
         if self.long_poll_max > Duration::from_secs(120) {
             return Err(invalid("long_poll_max", "must be at most 120s"));

@@ -14,6 +14,7 @@ pub mod routes;
 pub mod service;
 pub mod telemetry;
 pub mod templates;
+pub mod tls;
 pub mod usage;
 pub mod waiters;
 

@@ -34,6 +34,12 @@ struct Cli {
     /// Create a sample experiment when the database has none.
     #[arg(long, global = true)]
     seed_demo: bool,
+    /// PEM certificate chain: serve HTTPS (with --tls-key-file).
+    #[arg(long, global = true)]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key for --tls-cert-file.
+    #[arg(long, global = true)]
+    tls_key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -65,6 +71,12 @@ impl Cli {
         }
         if let Some(v) = &self.log_level {
             m.insert("log_level".into(), v.clone().into());
+        }
+        if let Some(v) = &self.tls_cert_file {
+            m.insert("tls_cert_file".into(), v.display().to_string().into());
+        }
+        if let Some(v) = &self.tls_key_file {
+            m.insert("tls_key_file".into(), v.display().to_string().into());
         }
         if self.seed_demo {
             m.insert("seed_demo".into(), true.into());
@@ -118,6 +130,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("connecting to the store at {}", redact(&url)))?;
     tracing::info!(backend = ?store.backend(), url = %redact(&url), "store ready");
 
+    // TLS problems are configuration errors: caught before anything listens.
+    let tls = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        (Some(cert), Some(key)) => Some(phoenix_api::tls::server_config(cert, key)?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
@@ -136,16 +153,35 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let background = app::spawn_background(&state, shutdown.clone());
     let router = app::router(state);
-    tracing::info!(listen = %local, "phoenix-api serving");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(listen = %local, scheme, "phoenix-api serving");
     if pretty {
-        eprintln!("phoenix-api listening on http://{local}");
+        eprintln!("phoenix-api listening on {scheme}://{local}");
     }
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    match tls {
+        None => {
+            axum::serve(listener, service)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?
+        }
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                // In-flight requests finish; long-polls answer at their own deadline.
+                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(35)));
+            });
+            axum_server::from_tcp_rustls(
+                listener.into_std()?,
+                axum_server::tls_rustls::RustlsConfig::from_config(tls),
+            )
+            .handle(handle)
+            .serve(service)
+            .await?
+        }
+    }
     shutdown.cancel();
     for h in background {
         let _ = h.await;
