@@ -16,6 +16,7 @@ pub mod telemetry;
 pub mod templates;
 pub mod usage;
 pub mod waiters;
+pub mod ws;
 
 pub use app::{router, spawn_background, AppState};
 pub use config::Config;
