@@ -560,6 +560,9 @@ impl Service {
         self.store
             .finish_analysis(id, seq, result.decision.as_str(), &value, self.clock.now())
             .await?;
+        self.events
+            .analysis(id, seq, seq == FINAL_ANALYSIS_SEQ, &value)
+            .await;
         Ok(())
     }
 

@@ -148,6 +148,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
+        .route("/api/v1/ws", get(crate::ws::upgrade))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
@@ -293,6 +294,12 @@ pub fn spawn_background(
             }
         }
     }));
+
+    // The real-time hub: other replicas' events, KPI summaries, fleet presence, retention.
+    handles.extend(crate::ws::publish::spawn_background(
+        state,
+        shutdown.clone(),
+    ));
 
     // Wake-ups from other replicas (PostgreSQL LISTEN/NOTIFY).
     let svc = state.service.clone();

@@ -78,6 +78,19 @@ pub struct Config {
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert_file`.
     pub tls_key_file: Option<PathBuf>,
+    /// The token WebSocket clients (`/api/v1/ws`) present. When unset, the enrollment token
+    /// is accepted.
+    pub ws_token: Option<String>,
+    /// Events queued for one WebSocket client before it is closed as a slow consumer (4008).
+    pub ws_client_buffer: usize,
+    /// Largest message a WebSocket client may send; a larger one closes it with 1009.
+    pub ws_max_message_bytes: usize,
+    /// WebSocket keepalive: a ping this often; a client silent for three intervals is closed.
+    #[serde(with = "humantime_serde")]
+    pub ws_ping_interval: Duration,
+    /// How long a WebSocket client that came without a token has to send its `auth` message.
+    #[serde(with = "humantime_serde")]
+    pub ws_auth_timeout: Duration,
 }
 
 impl Default for Config {
@@ -104,6 +117,11 @@ impl Default for Config {
             seed_demo: false,
             tls_cert_file: None,
             tls_key_file: None,
+            ws_token: None,
+            ws_client_buffer: 256,
+            ws_max_message_bytes: 16 * 1024,
+            ws_ping_interval: Duration::from_secs(30),
+            ws_auth_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -217,6 +235,26 @@ impl Config {
         }
         if self.experiment_start_timeout < Duration::from_secs(1) {
             return Err(invalid("experiment_start_timeout", "must be at least 1s"));
+        }
+        if let Some(t) = &self.ws_token {
+            if t.len() < 16 {
+                return Err(invalid("ws_token", "must be at least 16 characters"));
+            }
+        }
+        if !(1..=1_000_000).contains(&self.ws_client_buffer) {
+            return Err(invalid("ws_client_buffer", "must be between 1 and 1000000"));
+        }
+        if !(256..=16 * 1024 * 1024).contains(&self.ws_max_message_bytes) {
+            return Err(invalid(
+                "ws_max_message_bytes",
+                "must be between 256 and 16777216",
+            ));
+        }
+        if self.ws_ping_interval < Duration::from_millis(100) {
+            return Err(invalid("ws_ping_interval", "must be at least 100ms"));
+        }
+        if self.ws_auth_timeout < Duration::from_millis(100) {
+            return Err(invalid("ws_auth_timeout", "must be at least 100ms"));
         }
         if let Some(t) = &self.enrollment_token {
             if t.len() < 16 {

@@ -17,6 +17,7 @@ pub mod templates;
 pub mod tls;
 pub mod usage;
 pub mod waiters;
+pub mod ws;
 
 pub use app::{router, spawn_background, AppState};
 pub use config::Config;

@@ -115,6 +115,9 @@ fn printable_config(cfg: &Config) -> anyhow::Result<String> {
     if shown.enrollment_token.is_some() {
         shown.enrollment_token = Some("<redacted>".into());
     }
+    if shown.ws_token.is_some() {
+        shown.ws_token = Some("<redacted>".into());
+    }
     shown.database_url = shown.database_url.as_deref().map(redact);
     Ok(serde_yaml::to_string(&shown)?)
 }

@@ -23,6 +23,7 @@ use crate::routes::{agent, analysis, deployments, experiments, ops, tasks, templ
         agent::logs,
         tasks::enqueue, tasks::list, tasks::get,
         ops::health, ops::ready, ops::metrics, ops::fleet_status, ops::openapi,
+        crate::ws::upgrade,
     ),
     modifiers(&AgentAuth),
     tags(
@@ -34,6 +35,7 @@ use crate::routes::{agent, analysis, deployments, experiments, ops, tasks, templ
         (name = "cost", description = "Pricing presets and what experiments save"),
         (name = "fleet", description = "Agents as the control plane sees them"),
         (name = "ops", description = "Health, readiness, metrics"),
+        (name = "realtime", description = "The WebSocket hub: subscribe to topics, receive numbered events (docs/websocket.md)"),
     )
 )]
 pub struct ApiDoc;
@@ -51,6 +53,17 @@ impl Modify for AgentAuth {
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
                         "The secret returned by /api/v1/agent/enroll, with the X-Agent-Host-ID header",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The WebSocket token (`ws_token`, else the enrollment token) as a bearer header, `?access_token=`, or a first `auth` message",
                     ))
                     .build(),
             ),

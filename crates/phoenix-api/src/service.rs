@@ -81,6 +81,8 @@ pub struct Service {
     /// Per experiment, the last interval this replica asked to analyse: each replica tries
     /// to claim an interval once, not on every tick.
     pub(crate) analysis_attempted: DashMap<ExperimentId, i64>,
+    /// Real-time events for WebSocket clients (`/api/v1/ws`): stored, then fanned out.
+    pub events: crate::ws::Publisher,
 }
 
 /// How long cached agent credentials are trusted without a change notification.
@@ -260,7 +262,9 @@ impl Service {
                 Ok(claimed.into_iter().map(Ok).collect())
             },
         );
+        let events = crate::ws::Publisher::new(store.clone(), clock.clone());
         Self {
+            events,
             store,
             clock,
             waiters,
@@ -287,7 +291,8 @@ impl Service {
         )
         .await?;
         let exp = Experiment::create(ExperimentId::new(), new, self.clock.now());
-        self.store.create_experiment(&exp).await?;
+        let event = self.store.create_experiment(&exp).await?;
+        self.events.experiment_event(&exp, &event).await;
         Ok(exp)
     }
 
@@ -317,15 +322,20 @@ impl Service {
             )
             .await?;
         }
-        Ok(self
+        let (exp, event) = self
             .store
             .update_experiment(id, patch, self.clock.now())
-            .await?
-            .0)
+            .await?;
+        if let Some(event) = &event {
+            self.events.experiment_event(&exp, event).await;
+        }
+        Ok(exp)
     }
 
     pub async fn delete_experiment(&self, id: ExperimentId) -> ServiceResult<()> {
-        Ok(self.store.delete_experiment(id).await?)
+        self.store.delete_experiment(id).await?;
+        self.events.experiment_deleted(id).await;
+        Ok(())
     }
 
     pub async fn experiment_events(
@@ -445,10 +455,13 @@ impl Service {
             target_hosts: Some(hosts),
             ..Default::default()
         };
-        let (exp, _) = self
+        let (exp, event) = self
             .store
             .update_experiment(exp.id, patch, self.clock.now())
             .await?;
+        if let Some(event) = &event {
+            self.events.experiment_event(&exp, event).await;
+        }
         Ok(exp)
     }
 
@@ -525,6 +538,9 @@ impl Service {
         for t in &outcome.tasks {
             self.waiters.wake_for(t.host_id.as_ref());
         }
+        self.events
+            .experiment_event(&outcome.experiment, &outcome.event)
+            .await;
         tracing::info!(
             experiment_id = %id,
             from = %outcome.event.from_phase.map(|p| p.as_str()).unwrap_or("-"),
@@ -732,10 +748,16 @@ impl Service {
             },
         );
         tracing::info!(host_id = %host, "agent enrolled");
+        self.events.agent_enrolled(&host).await;
         Ok(Enrollment {
             host_id: host,
             agent_secret: secret,
         })
+    }
+
+    /// Whether `token` is the enrollment token (constant-time).
+    pub fn enrollment_token_matches(&self, token: &str) -> bool {
+        bool::from(token.as_bytes().ct_eq(self.enrollment_token.as_bytes()))
     }
 
     /// Check an agent's credentials. Unknown, revoked and wrong-secret all answer 401.
@@ -798,6 +820,7 @@ impl Service {
         self.store.revoke_agent(host, self.clock.now()).await?;
         self.forget_agent_credentials(Some(host));
         tracing::info!(host_id = %host, "agent revoked");
+        self.events.agent_revoked(host).await;
         Ok(())
     }
 
@@ -859,10 +882,16 @@ impl Service {
             }
         }
         e.into_result()?;
-        Ok(self
+        let outcome = self
             .store
             .insert_kpi_batches(host, &batches, self.clock.now())
-            .await?)
+            .await?;
+        // A replayed request adds nothing to the live summaries (which of a partly replayed
+        // request's batches were new is not known: those stay out too).
+        if outcome.duplicates == 0 {
+            self.events.kpis_received(&batches);
+        }
+        Ok(outcome)
     }
 
     pub async fn ingest_logs(

@@ -1,13 +1,15 @@
 //! `phoenix experiment …`: create from a spec and/or flags, the reads, the actions, and the
-//! `--watch` loops. Watching polls the API (the WebSocket hub does not exist yet) and draws
-//! a progress bar on stderr only when stderr is a terminal.
+//! `--watch` loops. Watching follows the experiment's topic on the WebSocket hub
+//! (`/api/v1/ws`), falling back to polling every `--interval` when the socket cannot be
+//! opened (no token, refused, a proxy without WebSockets) or breaks; it draws a progress bar on
+//! stderr only when stderr is a terminal.
 
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use phoenix_client::{
-    Client, ClientError, CostAnalysis, Experiment, ExperimentEvent, ExperimentListQuery,
-    ExperimentPhase, KpiReport, ResultsResponse, TransitionResponse,
+    Client, ClientError, CostAnalysis, EventStream, Experiment, ExperimentEvent,
+    ExperimentListQuery, ExperimentPhase, KpiReport, ResultsResponse, TransitionResponse,
 };
 use serde_json::{json, Map, Value};
 
@@ -414,6 +416,11 @@ async fn status(id: &str, w: &WatchArgs, f: Format, c: &Client) -> CliResult<u8>
     let bar = Bar::new();
     let mut poller = Poller { failures: 0 };
     let mut last_phase = None;
+    let mut stream = follow(c, &e, w, &bar).await;
+    if stream.is_some() {
+        // What changed before the subscription took effect.
+        e = c.get_experiment(id).await?;
+    }
     loop {
         if last_phase != Some(e.phase) {
             bar.note(&format!(
@@ -428,7 +435,20 @@ async fn status(id: &str, w: &WatchArgs, f: Format, c: &Client) -> CliResult<u8>
         if e.phase.is_terminal() {
             break;
         }
-        tokio::time::sleep(w.interval).await;
+        if let Some(s) = stream.as_mut() {
+            match next_change(s).await {
+                Ok(()) => {}
+                Err(reason) => {
+                    bar.note(&format!(
+                        "event stream lost ({reason}); polling every {}",
+                        humantime::format_duration(w.interval)
+                    ));
+                    stream = None;
+                }
+            }
+        } else {
+            tokio::time::sleep(w.interval).await;
+        }
         if let Some(next) = poller.check(c.get_experiment(id).await, &bar)? {
             e = next;
         }
@@ -483,7 +503,24 @@ async fn events(id: &str, w: &WatchArgs, f: Format, c: &Client) -> CliResult<u8>
     let bar = Bar::new();
     let mut poller = Poller { failures: 0 };
     let mut after = 0i64;
+    let first = c.get_experiment(id).await?;
+    let mut stream = follow(c, &first, w, &bar).await;
+    let mut first_look = true;
     loop {
+        // After the first look, wait for the stream to say something changed (or poll).
+        if !std::mem::take(&mut first_look) {
+            if let Some(s) = stream.as_mut() {
+                if let Err(reason) = next_change(s).await {
+                    bar.note(&format!(
+                        "event stream lost ({reason}); polling every {}",
+                        humantime::format_duration(w.interval)
+                    ));
+                    stream = None;
+                }
+            } else {
+                tokio::time::sleep(w.interval).await;
+            }
+        }
         // Phase first: events read after a terminal phase include the one that ended it.
         let Some(e) = poller.check(c.get_experiment(id).await, &bar)? else {
             tokio::time::sleep(w.interval).await;
@@ -507,7 +544,44 @@ async fn events(id: &str, w: &WatchArgs, f: Format, c: &Client) -> CliResult<u8>
             bar.finish();
             return Ok(watch_exit(e.phase));
         }
-        tokio::time::sleep(w.interval).await;
+    }
+}
+
+/// Subscribe to the experiment's topic, or `None` (with a note) when the hub cannot be used:
+/// the watch then polls.
+async fn follow(c: &Client, e: &Experiment, w: &WatchArgs, bar: &Bar) -> Option<EventStream> {
+    let fallback = |reason: String| {
+        bar.note(&format!(
+            "event stream unavailable ({reason}); polling every {}",
+            humantime::format_duration(w.interval)
+        ));
+        None
+    };
+    if c.token().is_none() {
+        return fallback("no token: phoenix login --token …".into());
+    }
+    let mut stream = match c.event_stream().await {
+        Ok(s) => s,
+        Err(err) => return fallback(err.to_string()),
+    };
+    match stream
+        .subscribe(&format!("experiments/{}", e.id), None)
+        .await
+    {
+        Ok(_) => {
+            bar.note(&format!("following {} on {}", e.id, c.ws_url()));
+            Some(stream)
+        }
+        Err(err) => fallback(err.to_string()),
+    }
+}
+
+/// Wait for the next event of the experiment (the caller then reads the new state through
+/// the REST API). A silent minute also returns, as a safety net.
+async fn next_change(s: &mut EventStream) -> Result<(), String> {
+    match tokio::time::timeout(Duration::from_secs(60), s.next_event()).await {
+        Ok(Ok(_)) | Err(_) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
     }
 }
 

@@ -297,6 +297,62 @@ fn watch_ends_with_exit_4_when_the_experiment_is_stopped() {
     assert_eq!(lines.len(), 3);
 }
 
+/// `status --watch` with a token the hub accepts follows the WebSocket: with a poll interval of
+/// an hour, only the socket can notice the rollback in time. With a refused token it says so
+/// and polls instead.
+#[test]
+fn watch_follows_the_websocket_and_polls_when_it_is_refused() {
+    let env = Env::start();
+    let id = env.create("ws-watched", "h1");
+    env.ok(&["experiment", "start", &id]);
+    let watch = |token: &str, interval: &str| {
+        Command::new(env!("CARGO_BIN_EXE_phoenix"))
+            .args([
+                "--server",
+                env.base_str(),
+                "experiment",
+                "status",
+                &id,
+                "--watch",
+                "--interval",
+                interval,
+            ])
+            .env("PHOENIX_CONFIG", env.config())
+            .env("PHOENIX_TOKEN", token)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut following = watch(ENROLL_TOKEN, "1h");
+    let mut polling = watch("not-the-right-token", "200ms");
+    // Both are watching once the experiment's history shows they had time to subscribe.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(following.try_wait().unwrap().is_none(), "watch ended early");
+    env.ok(&["experiment", "rollback", &id, "--reason", "test"]);
+
+    for child in [&mut following, &mut polling] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "watch did not end");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(status.code(), Some(4));
+    }
+    let out = following.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("following"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rolled_back"));
+    let out = polling.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("event stream unavailable"), "{err}");
+    assert!(err.contains("invalid token"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rolled_back"));
+}
+
 #[test]
 fn results_metrics_and_cost_of_an_experiment() {
     let env = Env::start();

@@ -18,6 +18,8 @@ pub use phoenix_core::{
 
 mod types;
 pub use types::*;
+mod ws;
+pub use ws::{EventStream, StreamError, TopicEvent};
 
 /// What can go wrong talking to the API.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +144,11 @@ impl Client {
 
     pub fn base_url(&self) -> &str {
         &self.base
+    }
+
+    /// The bearer token, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     fn url(&self, path: &str) -> String {

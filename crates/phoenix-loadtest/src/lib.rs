@@ -11,3 +11,4 @@ pub mod report;
 pub mod schedule;
 pub mod sim;
 pub mod stats;
+pub mod ws;

@@ -95,6 +95,10 @@ macro_rules! conformance_suite {
             agent_logs_round_trip_newest_first,
             settings_round_trip,
             sweep_telemetry_deletes_only_old_rows,
+            topic_events_are_numbered_per_topic_and_listed_after_a_seq,
+            concurrent_appends_to_one_topic_get_distinct_gap_free_numbers,
+            topic_event_sweep_keeps_recent_events_and_the_numbering,
+            agent_presence_flips_are_reported_once,
         );
     };
     (@tests $factory:expr; $($test:ident),* $(,)?) => {
@@ -2342,4 +2346,202 @@ pub async fn pipeline_deployments_round_trip_update_and_list_newest_first(store:
         store.get_pipeline_deployment(DeploymentId::new()).await,
         Err(crate::StoreError::NotFound { .. })
     ));
+}
+
+// ---- real-time topic events ----
+
+pub async fn topic_events_are_numbered_per_topic_and_listed_after_a_seq(store: SharedStore) {
+    use crate::NewTopicEvent;
+    assert_eq!(store.topic_last_seq("fleet").await.unwrap(), 0);
+    assert!(store
+        .append_topic_events(&[], t0())
+        .await
+        .unwrap()
+        .is_empty());
+    let appended = store
+        .append_topic_events(
+            &[
+                NewTopicEvent::new("fleet", "agent_online", json!({"host_id": "a"})),
+                NewTopicEvent::new("experiments", "created", json!({"n": 1})),
+                NewTopicEvent::new("fleet", "agent_online", json!({"host_id": "b"})),
+            ],
+            t0(),
+        )
+        .await
+        .unwrap();
+    let numbers: Vec<(&str, i64)> = appended.iter().map(|e| (e.topic.as_str(), e.seq)).collect();
+    assert_eq!(numbers, [("fleet", 1), ("experiments", 1), ("fleet", 2)]);
+    let more = store
+        .append_topic_events(
+            &[NewTopicEvent::new(
+                "fleet",
+                "agent_offline",
+                json!({"host_id": "a", "note": "ünïcode ✓"}),
+            )],
+            t0() + Duration::seconds(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(more[0].seq, 3);
+    assert_eq!(store.topic_last_seq("fleet").await.unwrap(), 3);
+    assert_eq!(store.topic_last_seq("experiments").await.unwrap(), 1);
+
+    // What a client that saw seq 1 missed, exactly as handed out live.
+    let missed = store.list_topic_events("fleet", 1, 100).await.unwrap();
+    assert_eq!(missed, vec![appended[2].clone(), more[0].clone()]);
+    assert_eq!(
+        store.list_topic_events("fleet", 0, 2).await.unwrap(),
+        vec![appended[0].clone(), appended[2].clone()]
+    );
+    assert!(store
+        .list_topic_events("fleet", 3, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .list_topic_events("kpis/none", 0, 100)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn concurrent_appends_to_one_topic_get_distinct_gap_free_numbers(store: SharedStore) {
+    use crate::NewTopicEvent;
+    let mut handles = Vec::new();
+    for writer in 0..8 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..25 {
+                let batch = [
+                    NewTopicEvent::new("experiments", "t", json!({"writer": writer, "i": i})),
+                    NewTopicEvent::new(format!("kpis/{writer}"), "t", json!({"i": i})),
+                ];
+                let out = store.append_topic_events(&batch, t0()).await.unwrap();
+                seqs.push(out[0].seq);
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        let seqs = h.await.unwrap();
+        // One writer's events are numbered in the order it appended them.
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        all.extend(seqs);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=200).collect::<Vec<i64>>());
+    let listed = store
+        .list_topic_events("experiments", 0, 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=200).collect::<Vec<i64>>()
+    );
+    for writer in 0..8 {
+        assert_eq!(
+            store
+                .topic_last_seq(&format!("kpis/{writer}"))
+                .await
+                .unwrap(),
+            25
+        );
+    }
+}
+
+pub async fn topic_event_sweep_keeps_recent_events_and_the_numbering(store: SharedStore) {
+    use crate::NewTopicEvent;
+    let old = t0();
+    let new = t0() + Duration::days(40);
+    store
+        .append_topic_events(&[NewTopicEvent::new("fleet", "a", json!({}))], old)
+        .await
+        .unwrap();
+    store
+        .append_topic_events(&[NewTopicEvent::new("fleet", "b", json!({}))], new)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .sweep_topic_events(t0() + Duration::days(30))
+            .await
+            .unwrap(),
+        1
+    );
+    let left = store.list_topic_events("fleet", 0, 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!((left[0].seq, left[0].kind.as_str()), (2, "b"));
+    let next = store
+        .append_topic_events(&[NewTopicEvent::new("fleet", "c", json!({}))], new)
+        .await
+        .unwrap();
+    assert_eq!(next[0].seq, 3);
+}
+
+pub async fn agent_presence_flips_are_reported_once(store: SharedStore) {
+    let a = host("node-a");
+    let quiet = host("node-quiet");
+    store.enroll_agent(&a, "h", t0()).await.unwrap();
+    store.enroll_agent(&quiet, "h", t0()).await.unwrap();
+    // Nobody has heartbeated: nothing to announce (enrolled but never seen is not "offline").
+    assert!(store
+        .update_agent_presence(t0() - Duration::minutes(5), t0())
+        .await
+        .unwrap()
+        .is_empty());
+    store
+        .record_heartbeat(&a, &Heartbeat::default(), t0())
+        .await
+        .unwrap();
+    let online_since = |now: DateTime<Utc>| now - Duration::minutes(5);
+    let now = t0() + Duration::seconds(1);
+    assert_eq!(
+        store
+            .update_agent_presence(online_since(now), now)
+            .await
+            .unwrap(),
+        vec![(a.clone(), true)]
+    );
+    // Reported once, whoever asks next.
+    assert!(store
+        .update_agent_presence(online_since(now), now)
+        .await
+        .unwrap()
+        .is_empty());
+    // Silent past the window: offline, once.
+    let later = t0() + Duration::minutes(6);
+    assert_eq!(
+        store
+            .update_agent_presence(online_since(later), later)
+            .await
+            .unwrap(),
+        vec![(a.clone(), false)]
+    );
+    assert!(store
+        .update_agent_presence(online_since(later), later)
+        .await
+        .unwrap()
+        .is_empty());
+    // Back: online again; revoked: offline.
+    store
+        .record_heartbeat(&a, &Heartbeat::default(), later)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .update_agent_presence(online_since(later), later)
+            .await
+            .unwrap(),
+        vec![(a.clone(), true)]
+    );
+    store.revoke_agent(&a, later).await.unwrap();
+    assert_eq!(
+        store
+            .update_agent_presence(online_since(later), later)
+            .await
+            .unwrap(),
+        vec![(a, false)]
+    );
 }

@@ -27,10 +27,12 @@ pub mod conformance;
 mod error;
 pub mod postgres;
 pub mod sqlite;
+mod topic_events;
 
 pub use error::StoreError;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use topic_events::{NewTopicEvent, TopicEvent, TopicNotice, TopicNoticeStream};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -515,6 +517,42 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// A stream of wake-ups published by any API process on the same database (PostgreSQL
     /// `LISTEN/NOTIFY`), or `None` where there is only one process (SQLite).
     async fn wakeups(&self) -> Result<Option<WakeupStream>>;
+
+    // ---- real-time topic events (the WebSocket hub) ----
+
+    /// Append events, each to its topic with that topic's next sequence number (1, 2, 3, …),
+    /// assigned atomically: concurrent appends, from any API process on the database, never
+    /// share or skip a number, and a topic's events commit in number order. Returned in the
+    /// order given. On PostgreSQL, other processes hear of them through
+    /// [`Store::topic_event_notices`] once committed.
+    async fn append_topic_events(
+        &self,
+        events: &[NewTopicEvent],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<TopicEvent>>;
+    /// Events of `topic` with `seq > after_seq`, oldest first, at most `limit` (≤ 10,000).
+    async fn list_topic_events(
+        &self,
+        topic: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<TopicEvent>>;
+    /// The last number given in `topic`: 0 before its first event; retention does not lower it.
+    async fn topic_last_seq(&self, topic: &str) -> Result<i64>;
+    /// Delete events appended before `before` (the topics' numbering carries on).
+    async fn sweep_topic_events(&self, before: DateTime<Utc>) -> Result<u64>;
+    /// Record which agents are online (not revoked, seen at or after `online_since`) and
+    /// return those whose state flipped since the last call (on any process), sorted by host:
+    /// `true` for agents now online (their first heartbeat, or one after silence), `false`
+    /// for agents gone silent or revoked. Each flip is returned to exactly one caller.
+    async fn update_agent_presence(
+        &self,
+        online_since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(HostId, bool)>>;
+    /// Events appended by any API process on the same database (PostgreSQL `LISTEN/NOTIFY`),
+    /// or `None` where there is only one process (SQLite).
+    async fn topic_event_notices(&self) -> Result<Option<TopicNoticeStream>>;
 }
 
 /// The store as the API holds it.

@@ -1885,6 +1885,47 @@ impl Store for PgStore {
         });
         Ok(Some(Box::pin(stream)))
     }
+
+    // ---- real-time topic events ----
+
+    async fn append_topic_events(
+        &self,
+        events: &[crate::NewTopicEvent],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<crate::TopicEvent>> {
+        crate::topic_events::pg_append(&self.pool, events, now).await
+    }
+
+    async fn list_topic_events(
+        &self,
+        topic: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<crate::TopicEvent>> {
+        crate::topic_events::pg_list(&self.pool, topic, after_seq, limit).await
+    }
+
+    async fn topic_last_seq(&self, topic: &str) -> Result<i64> {
+        crate::topic_events::pg_last_seq(&self.pool, topic).await
+    }
+
+    async fn sweep_topic_events(&self, before: DateTime<Utc>) -> Result<u64> {
+        crate::topic_events::pg_sweep(&self.pool, before).await
+    }
+
+    async fn update_agent_presence(
+        &self,
+        online_since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(HostId, bool)>> {
+        crate::topic_events::pg_presence(&self.pool, online_since, now).await
+    }
+
+    async fn topic_event_notices(&self) -> Result<Option<crate::TopicNoticeStream>> {
+        Ok(Some(
+            crate::topic_events::pg_notices(self.options.clone()).await,
+        ))
+    }
 }
 
 async fn apply_status(

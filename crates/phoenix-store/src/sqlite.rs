@@ -1659,6 +1659,46 @@ impl Store for SqliteStore {
     async fn wakeups(&self) -> Result<Option<WakeupStream>> {
         Ok(None)
     }
+
+    // ---- real-time topic events ----
+
+    async fn append_topic_events(
+        &self,
+        events: &[crate::NewTopicEvent],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<crate::TopicEvent>> {
+        crate::topic_events::sqlite_append(&mut *self.write.get().await?, events, now).await
+    }
+
+    async fn list_topic_events(
+        &self,
+        topic: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<crate::TopicEvent>> {
+        crate::topic_events::sqlite_list(&mut *self.read.get().await?, topic, after_seq, limit)
+            .await
+    }
+
+    async fn topic_last_seq(&self, topic: &str) -> Result<i64> {
+        crate::topic_events::sqlite_last_seq(&mut *self.read.get().await?, topic).await
+    }
+
+    async fn sweep_topic_events(&self, before: DateTime<Utc>) -> Result<u64> {
+        crate::topic_events::sqlite_sweep(&mut *self.write.get().await?, before).await
+    }
+
+    async fn update_agent_presence(
+        &self,
+        online_since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(HostId, bool)>> {
+        crate::topic_events::sqlite_presence(&mut *self.write.get().await?, online_since, now).await
+    }
+
+    async fn topic_event_notices(&self) -> Result<Option<crate::TopicNoticeStream>> {
+        Ok(None)
+    }
 }
 
 async fn update_status_on(
