@@ -859,10 +859,12 @@ impl Service {
             }
         }
         e.into_result()?;
-        Ok(self
+        let outcome = self
             .store
             .insert_kpi_batches(host, &batches, self.clock.now())
-            .await?)
+            .await?;
+        self.ingest_label_stats(host, &batches).await?;
+        Ok(outcome)
     }
 
     pub async fn ingest_logs(
