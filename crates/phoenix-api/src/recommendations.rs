@@ -703,7 +703,7 @@ impl Service {
                         currency: preset.currency.clone(),
                         preset: preset.name.clone(),
                         method: format!(
-                            "per host, a HyperLogLog++ sketch (precision 12, ~1.6 % standard error, exact below a few hundred) of the series identities of `{}` with `{}` removed gives the series the aggregation leaves; summed over the {hosts} reporting host(s) plus the series lacking the label; `{}` has ~{} distinct values fleet-wide (sketches merged)",
+                            "per host, a HyperLogLog++ sketch (precision 12, ~1.6 % standard error, exact up to 128) of the series identities of `{}` with `{}` removed gives the series the aggregation leaves; summed over the {hosts} reporting host(s) plus the series lacking the label; `{}` has ~{} distinct values fleet-wide (sketches merged)",
                             m.metric, l.name, l.name, l.distinct_values
                         ),
                     },

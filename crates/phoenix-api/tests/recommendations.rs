@@ -187,7 +187,9 @@ async fn statistics_from_two_hosts_merge_into_the_cardinality_breakdown(s: &Test
     let http = &c["metrics"][0];
     // Paths /p0–/p4 on one host, /p3–/p7 on the other: 8 distinct, not 10.
     assert_eq!(label(http, "path")["distinct_values"], 8);
-    assert_eq!(label(http, "pod")["distinct_values"], 600);
+    // 600 pods: past the sketch's exact range (128), within its error bound.
+    let pods = label(http, "pod")["distinct_values"].as_u64().unwrap();
+    assert!((pods as f64 - 600.0).abs() / 600.0 < 0.05, "{pods} pods");
     assert_eq!(label(http, "status")["top_values"][0]["series"], 3000);
     // 3,000 distinct domains fleet-wide (1,000 shared): the merged sketch, not the sum.
     let dns = get_ok(s, "/api/v1/metrics/cardinality?metric=dns_lookups_total").await;

@@ -14,7 +14,7 @@ use crate::experiment::FieldErrors;
 use crate::ids::HostId;
 
 /// A HyperLogLog++ sketch (Cloudflare's `cardinality-estimator`, precision 12: about 1.6 %
-/// standard error, exact while small). Values are hashed as `str` with the crate's fixed
+/// standard error, exact up to 128 values). Values are hashed as `str` with the crate's fixed
 /// WyHash, so sketches from different hosts merge.
 pub type DistinctSketch = CardinalityEstimator<str>;
 
