@@ -424,7 +424,7 @@ impl Service {
                 series,
             })
             .collect();
-        by_service.sort_by(|a, b| b.series.cmp(&a.series));
+        by_service.sort_by_key(|b| std::cmp::Reverse(b.series));
         by_namespace.truncate(limit as usize);
         by_service.truncate(limit as usize);
         Ok(CardinalityReport {

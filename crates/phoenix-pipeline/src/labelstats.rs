@@ -460,7 +460,7 @@ mod tests {
             top.add(&Sym::from(v), 4);
         }
         let mut e = top.entries.clone();
-        e.sort_by(|a, b| b.1.cmp(&a.1));
+        e.sort_by_key(|x| std::cmp::Reverse(x.1));
         assert_eq!((&*e[0].0, e[0].1), ("a", 3));
         for i in 0..100 {
             top.add(&Sym::from(format!("x{i}").as_str()), 4);
