@@ -13,9 +13,13 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use phoenix_core::labelstats::{
+    LabelStat, LabelStatsReport, MetricLabelStats, SeriesGroup, ValueCount,
+};
 use phoenix_core::{ExperimentId, KpiBatch, KpiValues, Variant};
 use phoenix_pipeline::engine::KpiSink;
 use phoenix_pipeline::kpi::VariantKpis;
+use phoenix_pipeline::labelstats::LabelStats;
 
 use crate::client::{ApiClient, Backoff};
 use crate::diskqueue::DiskQueue;
@@ -33,7 +37,17 @@ pub struct KpiContext {
 }
 
 /// The detail sections a batch carries unless a `metrics` task narrows them.
-pub const DETAIL_SECTIONS: &[&str] = &["processors", "errors", "reduction"];
+pub const DETAIL_SECTIONS: &[&str] = &["processors", "errors", "reduction", "metrics"];
+
+/// Bytes of label statistics one batch carries at most (JSON); the smallest metrics are cut
+/// beyond (counted in `metrics_cut`/`series_cut`), so a batch always fits a request.
+pub const LABEL_STATS_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// Bytes of KPI batches one `POST /metrics` carries at most (the API takes 16 MiB).
+pub const KPI_REQUEST_MAX_BYTES: usize = 8 * 1024 * 1024;
+
+/// Metrics listed in a batch's `details.metrics` at most (most input series first).
+pub const MAX_DETAIL_METRICS: usize = 500;
 
 /// Maps one variant's KPIs to the API's `KpiValues` and details.
 pub fn to_values(k: &VariantKpis, details: Option<&[String]>) -> (KpiValues, Value) {
@@ -92,12 +106,111 @@ pub fn to_values(k: &VariantKpis, details: Option<&[String]>) -> (KpiValues, Val
             .collect();
         out.insert("processors".into(), Value::Array(processors));
     }
+    if wants("metrics") && !k.per_metric.is_empty() {
+        // Per-metric distinct series in and out: where the cost flow sees the reduction.
+        let metrics: Vec<Value> = k
+            .per_metric
+            .iter()
+            .take(MAX_DETAIL_METRICS)
+            .map(|m| json!({"metric": m.metric, "input_series": m.input_series, "output_series": m.output_series}))
+            .collect();
+        out.insert("metrics".into(), Value::Array(metrics));
+        out.insert(
+            "metrics_cut".into(),
+            json!(k.per_metric.len().saturating_sub(MAX_DETAIL_METRICS)),
+        );
+    }
     (values, Value::Object(out))
 }
 
+/// The engine's label statistics as the API takes them.
+pub fn to_report(stats: &LabelStats) -> LabelStatsReport {
+    LabelStatsReport {
+        breakdown_labels: stats.breakdown_labels.clone(),
+        metrics: stats
+            .metrics
+            .iter()
+            .map(|m| MetricLabelStats {
+                metric: m.metric.clone(),
+                series: m.series,
+                labels: m
+                    .labels
+                    .iter()
+                    .map(|l| LabelStat {
+                        name: l.name.clone(),
+                        series: l.series,
+                        values: l.values.clone(),
+                        without: l.without.clone(),
+                        top_values: l
+                            .top_values
+                            .iter()
+                            .map(|(value, series)| ValueCount {
+                                value: value.clone(),
+                                series: *series,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+                labels_cut: m.labels_cut,
+                groups: m
+                    .groups
+                    .iter()
+                    .map(|(values, series)| SeriesGroup {
+                        values: values.clone(),
+                        series: *series,
+                    })
+                    .collect(),
+                groups_cut_series: m.groups_cut_series,
+            })
+            .collect(),
+        metrics_cut: stats.metrics_cut,
+        series_cut: stats.series_cut,
+    }
+}
+
+/// Keeps the largest metrics whose JSON fits in `max_bytes`; the others are counted as cut.
+pub fn bounded(mut report: LabelStatsReport, max_bytes: usize) -> LabelStatsReport {
+    let mut used: usize = 256;
+    let mut keep = 0;
+    for m in &report.metrics {
+        let size = serde_json::to_vec(m).map_or(usize::MAX, |v| v.len() + 1);
+        if used.saturating_add(size) > max_bytes {
+            break;
+        }
+        used += size;
+        keep += 1;
+    }
+    for cut in report.metrics.drain(keep..) {
+        report.metrics_cut += 1;
+        report.series_cut += cut.series;
+    }
+    report
+}
+
 /// Builds the batches of one interval under `context`; variants without input are skipped
-/// (an idle agent sends nothing).
+/// (an idle agent sends nothing). Label statistics, when the interval collected them, ride
+/// on its baseline batch (or its first batch when there is none).
 pub fn batches(
+    kpis: &[VariantKpis],
+    context: &KpiContext,
+    interval_start: DateTime<Utc>,
+    interval_end: DateTime<Utc>,
+    details: Option<&[String]>,
+) -> Vec<KpiBatch> {
+    let mut out = variant_batches(kpis, context, interval_start, interval_end, details);
+    if let Some(stats) = kpis.iter().find_map(|k| k.label_stats.as_ref()) {
+        let target = out
+            .iter()
+            .position(|b| b.variant == Variant::Baseline)
+            .or(if out.is_empty() { None } else { Some(0) });
+        if let Some(i) = target {
+            out[i].label_stats = Some(Box::new(bounded(to_report(stats), LABEL_STATS_MAX_BYTES)));
+        }
+    }
+    out
+}
+
+fn variant_batches(
     kpis: &[VariantKpis],
     context: &KpiContext,
     interval_start: DateTime<Utc>,
@@ -121,6 +234,7 @@ pub fn batches(
                 interval_end: interval_end.max(interval_start),
                 values,
                 details,
+                label_stats: None,
             })
         })
         .collect()
@@ -191,10 +305,12 @@ pub async fn run_sender(
         let mut batch_records = Vec::new();
         let mut read_any = false;
         let mut read_failed = false;
+        let mut request_bytes = 0usize;
         loop {
             match queue.next() {
                 Ok(Some(record)) => {
                     read_any = true;
+                    request_bytes += record.len();
                     match serde_json::from_slice::<KpiBatch>(&record) {
                         Ok(b) => batch_records.push(b),
                         Err(e) => {
@@ -202,7 +318,9 @@ pub async fn run_sender(
                             tracing::warn!(error = %e, "undecodable kpi record skipped");
                         }
                     }
-                    if batch_records.len() >= KPI_BATCHES_PER_REQUEST {
+                    if batch_records.len() >= KPI_BATCHES_PER_REQUEST
+                        || request_bytes >= KPI_REQUEST_MAX_BYTES
+                    {
                         break;
                     }
                 }

@@ -985,6 +985,7 @@ pub async fn run(
             remote_write_dir: data_dir.join("remote-write-buffer"),
             remote_write_max_bytes: settings.remote_write_buffer_max_bytes,
             metrics_listen: settings.metrics_listen.clone(),
+            label_stats: settings.label_stats(),
         },
         metrics.clone(),
     )

@@ -82,6 +82,13 @@ pub struct Settings {
     /// SHA-256 fingerprint of the API's leaf certificate (hex, colons allowed), checked in
     /// addition to the chain.
     pub tls_pinned_sha256: Option<String>,
+    /// Label statistics of the input (for the API's cardinality breakdown and
+    /// recommendations) are collected during one KPI interval out of this many; 0: never.
+    pub label_stats_every_intervals: u32,
+    /// Metrics the label statistics track at most (further ones are counted, not tracked).
+    pub label_stats_max_metrics: usize,
+    /// Labels the statistics break series down by (at most 4).
+    pub label_stats_breakdown_labels: Vec<String>,
 }
 
 impl Default for Settings {
@@ -110,6 +117,9 @@ impl Default for Settings {
             metrics_listen: None,
             tls_ca_file: None,
             tls_pinned_sha256: None,
+            label_stats_every_intervals: 1,
+            label_stats_max_metrics: 1_000,
+            label_stats_breakdown_labels: vec!["namespace".into(), "service".into()],
         }
     }
 }
@@ -269,6 +279,29 @@ impl Settings {
                     problem: format!("{} is not a readable file", ca.display()),
                 });
             }
+        if self.label_stats_max_metrics == 0 || self.label_stats_max_metrics > 5_000 {
+            return Err(invalid(
+                "label_stats_max_metrics",
+                "must be between 1 and 5000",
+            ));
+        }
+        if self.label_stats_breakdown_labels.len()
+            > phoenix_pipeline::labelstats::MAX_BREAKDOWN_LABELS
+        {
+            return Err(invalid(
+                "label_stats_breakdown_labels",
+                "must name at most 4 labels",
+            ));
+        }
+        if self
+            .label_stats_breakdown_labels
+            .iter()
+            .any(|l| l.is_empty())
+        {
+            return Err(invalid(
+                "label_stats_breakdown_labels",
+                "must not contain an empty name",
+            ));
         }
         if self.host_id.is_none() && hostname().is_none() {
             return Err(invalid(
@@ -277,6 +310,18 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+
+    /// The label statistics to collect, if any.
+    pub fn label_stats(&self) -> Option<phoenix_pipeline::labelstats::LabelStatsConfig> {
+        (self.label_stats_every_intervals > 0).then(|| {
+            phoenix_pipeline::labelstats::LabelStatsConfig {
+                every_intervals: self.label_stats_every_intervals,
+                max_metrics: self.label_stats_max_metrics,
+                breakdown_labels: self.label_stats_breakdown_labels.clone(),
+                ..Default::default()
+            }
+        })
     }
 
     /// The host id in effect.

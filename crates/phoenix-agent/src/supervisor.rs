@@ -266,6 +266,7 @@ pub struct Supervisor {
     rw_queue: Option<Arc<DiskQueue>>,
     rw_sender: Option<JoinHandle<()>>,
     rw_cancel: CancellationToken,
+    label_stats: Option<phoenix_pipeline::labelstats::LabelStatsConfig>,
 }
 
 async fn bind(address: &str) -> Result<tokio::net::TcpListener, SupervisorError> {
@@ -294,6 +295,8 @@ pub struct SupervisorOptions {
     pub remote_write_max_bytes: u64,
     /// `/metrics` address when the pipeline file has no prometheus exporter.
     pub metrics_listen: Option<String>,
+    /// Label statistics to collect over the input, if any.
+    pub label_stats: Option<phoenix_pipeline::labelstats::LabelStatsConfig>,
 }
 
 impl Supervisor {
@@ -306,7 +309,10 @@ impl Supervisor {
         metrics: Arc<AgentMetrics>,
     ) -> Result<Self, SupervisorError> {
         let export_all_tagged = base.config.shadow.export_all_tagged;
-        let pipelines = build(&layout, export_all_tagged)?;
+        let mut pipelines = build(&layout, export_all_tagged)?;
+        if let Some(config) = &options.label_stats {
+            pipelines = pipelines.with_label_stats(config.clone());
+        }
         let telemetry = Arc::new(Telemetry::default());
         let mut exporters: Vec<Arc<dyn Exporter>> = Vec::new();
         let rw_cancel = CancellationToken::new();
@@ -421,6 +427,7 @@ impl Supervisor {
             rw_queue,
             rw_sender,
             rw_cancel,
+            label_stats: options.label_stats.clone(),
         })
     }
 
@@ -461,7 +468,10 @@ impl Supervisor {
         layout: Layout,
         details: Option<&[String]>,
     ) -> Result<Vec<KpiBatch>, SupervisorError> {
-        let pipelines = build(&layout, self.base.config.shadow.export_all_tagged)?;
+        let mut pipelines = build(&layout, self.base.config.shadow.export_all_tagged)?;
+        if let Some(config) = &self.label_stats {
+            pipelines = pipelines.with_label_stats(config.clone());
+        }
         while self.kpi_rx.try_recv().is_ok() {}
         self.engine.swap(pipelines).await?;
         let closed = self.kpi_rx.try_recv().unwrap_or_default();
@@ -667,6 +677,7 @@ mod tests {
                 remote_write_dir: dir.path().join("rw"),
                 remote_write_max_bytes: 1 << 20,
                 metrics_listen: None,
+                label_stats: None,
             },
             Arc::new(AgentMetrics::default()),
         )

@@ -20,7 +20,9 @@ use phoenix_store::{SharedStore, Wakeup};
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::routes::{agent, analysis, deployments, experiments, ops, tasks, templates};
+use crate::routes::{
+    agent, analysis, deployments, experiments, ops, recommendations, tasks, templates,
+};
 use crate::service::{Service, Timings};
 use crate::telemetry::Metrics;
 use crate::waiters::Waiters;
@@ -131,6 +133,18 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/cost/presets",
             get(analysis::get_presets).put(analysis::put_presets),
+        )
+        // Cardinality, cost flow and recommendations (from the agents' label statistics).
+        .route(
+            "/api/v1/metrics/cardinality",
+            get(recommendations::cardinality),
+        )
+        .route("/api/v1/metrics/cost-flow", get(recommendations::cost_flow))
+        .route("/api/v1/cost-flow", get(recommendations::cost_flow_alias))
+        .route("/api/v1/recommendations", get(recommendations::list))
+        .route(
+            "/api/v1/recommendations/{id}/experiment",
+            post(recommendations::experiment),
         )
         .route("/api/v1/agent/enroll", post(agent::enroll))
         .route("/api/v1/agent/tasks", get(agent::poll))

@@ -10,6 +10,7 @@ pub mod deployments;
 pub mod error;
 pub mod extract;
 pub mod openapi;
+pub mod recommendations;
 pub mod routes;
 pub mod service;
 pub mod telemetry;

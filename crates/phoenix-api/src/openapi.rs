@@ -3,7 +3,9 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{agent, analysis, deployments, experiments, ops, tasks, templates};
+use crate::routes::{
+    agent, analysis, deployments, experiments, ops, recommendations, tasks, templates,
+};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -24,6 +26,8 @@ use crate::routes::{agent, analysis, deployments, experiments, ops, tasks, templ
         tasks::enqueue, tasks::list, tasks::get,
         ops::health, ops::ready, ops::metrics, ops::fleet_status, ops::openapi,
         crate::ws::upgrade,
+        recommendations::cardinality, recommendations::cost_flow,
+        recommendations::cost_flow_alias, recommendations::list, recommendations::experiment,
     ),
     modifiers(&AgentAuth),
     tags(
@@ -34,6 +38,7 @@ use crate::routes::{agent, analysis, deployments, experiments, ops, tasks, templ
         (name = "usage", description = "The PromQL your alerts, recording rules and dashboards run: the labels a candidate must keep"),
         (name = "cost", description = "Pricing presets and what experiments save"),
         (name = "fleet", description = "Agents as the control plane sees them"),
+        (name = "recommendations", description = "Cardinality by namespace, service, metric and label from the agents' label statistics; the cost flow; aggregations and drops to try"),
         (name = "ops", description = "Health, readiness, metrics"),
         (name = "realtime", description = "The WebSocket hub: subscribe to topics, receive numbered events (docs/websocket.md)"),
     )

@@ -891,6 +891,7 @@ impl Service {
         if outcome.duplicates == 0 {
             self.events.kpis_received(&batches);
         }
+        self.ingest_label_stats(host, &batches).await?;
         Ok(outcome)
     }
 

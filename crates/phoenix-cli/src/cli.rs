@@ -66,6 +66,11 @@ pub enum Command {
     /// Named servers (and their tokens) in the config file.
     #[command(subcommand)]
     Context(ContextCmd),
+    /// Aggregations and drops that save the most series, from the agents' label statistics.
+    #[command(subcommand, visible_alias = "recs")]
+    Recommendations(RecommendationsCmd),
+    /// Series by namespace, service, metric and label (HyperLogLog merged across hosts).
+    Cardinality(BreakdownArgs),
     /// Print the dashboard URL and open it with xdg-open when present.
     Ui {
         /// Only print the URL.
@@ -289,6 +294,65 @@ pub enum CostCmd {
     Presets {
         #[command(subcommand)]
         action: Option<PresetsCmd>,
+    },
+    /// Where series and cost come from (namespace → service → metric) and where the live
+    /// pipelines (or an experiment's candidate) reduce them.
+    Flow {
+        #[command(flatten)]
+        filter: BreakdownArgs,
+        /// Pricing preset (default: the first one).
+        #[arg(long)]
+        preset: Option<String>,
+        /// Price this experiment's candidate instead of the live pipelines.
+        #[arg(long, value_name = "ID")]
+        experiment: Option<String>,
+    },
+}
+
+/// Filters of `phoenix cardinality` and `phoenix cost flow`.
+#[derive(Debug, Args)]
+pub struct BreakdownArgs {
+    #[arg(long)]
+    pub namespace: Option<String>,
+    #[arg(long)]
+    pub service: Option<String>,
+    #[arg(long)]
+    pub metric: Option<String>,
+    /// Only this host's report.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Rows listed, 1–500.
+    #[arg(long)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecommendationsCmd {
+    /// Recommendations ranked by estimated series saved, then monthly savings.
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only this metric's.
+        #[arg(long)]
+        metric: Option<String>,
+        /// Pricing preset of the savings.
+        #[arg(long)]
+        preset: Option<String>,
+        /// 1–500.
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Create (not start) the experiment testing recommendation ID: the baseline template
+    /// against a candidate applying it, on the hosts that reported the metric.
+    Apply {
+        id: String,
+        /// Experiment name (default: derived from the recommendation).
+        #[arg(long)]
+        name: Option<String>,
+        /// Experiment duration in seconds (default 3600).
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<u64>,
+        #[arg(long)]
+        owner: Option<String>,
     },
 }
 

@@ -96,6 +96,22 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
             Ok(0)
         }
         Command::Context(cmd) => context(cmd, g, &mut config, &path),
+        Command::Recommendations(cmd) => {
+            let c = client(g, &resolve(g, &config)?)?;
+            crate::recommendations::recommendations(cmd, g, &c).await
+        }
+        Command::Cardinality(args) => {
+            let c = client(g, &resolve(g, &config)?)?;
+            crate::recommendations::cardinality(args, g, &c).await
+        }
+        Command::Cost(CostCmd::Flow {
+            filter,
+            preset,
+            experiment,
+        }) => {
+            let c = client(g, &resolve(g, &config)?)?;
+            crate::recommendations::cost_flow(filter, preset, experiment, g, &c).await
+        }
         Command::Ui { no_open } => {
             let target = resolve(g, &config)?;
             let url = format!("{}/", target.server);

@@ -14,6 +14,7 @@ mod error;
 mod experiment;
 mod output;
 mod pipeline;
+mod recommendations;
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {

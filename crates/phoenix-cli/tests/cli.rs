@@ -693,3 +693,119 @@ fn pipeline_templates_render_validate_and_deploy() {
     let w = env.json(&["pipeline", "withdraw", &id]);
     assert_eq!(w["status"], "withdrawn");
 }
+
+/// An agent's KPI batch carrying label statistics (built with the core types the agent
+/// sends): `http_requests_total` with 40 pods × 5 paths in `shop/cart`.
+fn batch_with_label_stats() -> serde_json::Value {
+    use phoenix_core::labelstats::{
+        DistinctSketch, LabelStat, LabelStatsReport, MetricLabelStats, SeriesGroup,
+    };
+    let sketch = |values: Vec<String>| {
+        let mut s = DistinctSketch::new();
+        for v in values {
+            s.insert(&v);
+        }
+        s
+    };
+    let report = LabelStatsReport {
+        breakdown_labels: vec!["namespace".into(), "service".into()],
+        metrics: vec![MetricLabelStats {
+            metric: "http_requests_total".into(),
+            series: 200,
+            labels: vec![
+                LabelStat {
+                    name: "pod".into(),
+                    series: 200,
+                    values: sketch((0..40).map(|p| format!("pod-{p}")).collect()),
+                    // Without `pod`: the 5 paths.
+                    without: sketch((0..5).map(|p| format!("/p{p}")).collect()),
+                    top_values: vec![],
+                },
+                LabelStat {
+                    name: "path".into(),
+                    series: 200,
+                    values: sketch((0..5).map(|p| format!("/p{p}")).collect()),
+                    without: sketch((0..40).map(|p| format!("pod-{p}")).collect()),
+                    top_values: vec![],
+                },
+            ],
+            labels_cut: 0,
+            groups: vec![SeriesGroup {
+                values: vec!["shop".into(), "cart".into()],
+                series: 200,
+            }],
+            groups_cut_series: 0,
+        }],
+        metrics_cut: 0,
+        series_cut: 0,
+    };
+    let now = chrono::Utc::now();
+    serde_json::json!({ "batches": [{
+        "batch_id": uuid::Uuid::new_v4(),
+        "variant": "baseline",
+        "interval_start": now - chrono::Duration::seconds(10),
+        "interval_end": now,
+        "values": { "input_series": 200, "output_series": 200, "input_samples": 200, "output_samples": 200 },
+        "details": { "metrics": [{ "metric": "http_requests_total", "input_series": 200, "output_series": 200 }] },
+        "label_stats": report,
+    }]})
+}
+
+#[test]
+fn recommendations_list_and_apply_cardinality_and_cost_flow() {
+    let env = Env::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let r: Value = http
+            .post(format!("{}/api/v1/agent/enroll", env.api.base()))
+            .json(&serde_json::json!({"host_id": "node-cli-1", "enrollment_token": ENROLL_TOKEN}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let secret = r["agent_secret"].as_str().unwrap();
+        let res = http
+            .post(format!("{}/api/v1/agent/metrics", env.api.base()))
+            .header("x-agent-host-id", "node-cli-1")
+            .bearer_auth(secret)
+            .json(&batch_with_label_stats())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    });
+    let list = env.json(&["recommendations", "list"]);
+    let first = &list["items"][0];
+    assert_eq!(first["metric"], "http_requests_total");
+    assert_eq!(first["without"][0], "pod");
+    assert_eq!(first["estimate"]["series_saved"], 195);
+    let table = env.ok(&["recommendations", "list", "--limit", "1"]);
+    assert!(
+        table.contains("SAVED") && table.contains("195") && table.contains("1 of"),
+        "{table}"
+    );
+    let yaml: Value = serde_yaml::from_str(&env.ok(&["recs", "list", "-o", "yaml"])).unwrap();
+    assert_eq!(yaml["items"][0]["id"], first["id"]);
+    let id = first["id"].as_str().unwrap();
+    let exp = env.json(&["recommendations", "apply", id, "--duration", "900"]);
+    assert_eq!(exp["phase"], "pending");
+    assert_eq!(exp["target_hosts"][0], "node-cli-1");
+    assert_eq!(exp["duration_seconds"], 900);
+    let unknown = env.run(&["recommendations", "apply", "rec-0123456789abcdef"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert_one_error_line(&unknown);
+
+    let card = env.json(&["cardinality", "--namespace", "shop"]);
+    assert_eq!(card["total_series"], 200);
+    assert!(env.ok(&["cardinality"]).contains("pod=40"));
+    let flow = env.json(&["cost", "flow", "--preset", "ingest"]);
+    assert_eq!(flow["preset"], "ingest");
+    assert_eq!(flow["series_in"], 200.0);
+    assert!(env.ok(&["cost", "flow"]).contains("namespace:shop"));
+    let bad = env.run(&["cardinality", "--limit", "0"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(assert_one_error_line(&bad).contains("limit"));
+}

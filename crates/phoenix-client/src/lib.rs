@@ -16,7 +16,9 @@ pub use phoenix_core::{
     Task, TaskId, TaskStatus,
 };
 
+mod recommendations;
 mod types;
+pub use recommendations::BreakdownQuery;
 pub use types::*;
 mod ws;
 pub use ws::{EventStream, StreamError, TopicEvent};

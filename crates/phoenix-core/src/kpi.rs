@@ -91,6 +91,10 @@ pub struct KpiBatch {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
+    /// Label statistics of the interval's input (only the baseline batch of an interval
+    /// carries them, and only every few intervals); see [`crate::labelstats`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_stats: Option<Box<crate::labelstats::LabelStatsReport>>,
 }
 
 impl KpiBatch {
@@ -122,6 +126,9 @@ impl KpiBatch {
                     "must be a finite number >= 0",
                 );
             }
+        }
+        if let Some(stats) = &self.label_stats {
+            stats.validate(&format!("{path}.label_stats"), e);
         }
         if v.protected_series_out > v.protected_series_in {
             e.push(

@@ -10,6 +10,7 @@ pub mod deployment;
 pub mod experiment;
 pub mod ids;
 pub mod kpi;
+pub mod labelstats;
 pub mod stats;
 pub mod task;
 

@@ -127,5 +127,12 @@ async fn demo_script_runs_an_experiment_on_three_agents_and_shows_the_reduction(
     );
     assert!(stdout.contains("protected_coverage    pass"), "{stdout}");
     assert!(stdout.contains("a month, "), "no cost line:\n{stdout}");
+    // Then the agents' label statistics, turned into recommendations to try next.
+    let recs = stdout
+        .split("==> top recommendations")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no recommendations:\n{stdout}"));
+    assert!(recs.contains("aggregate without"), "{recs}");
+    assert!(recs.contains("from 3 agents"), "{recs}");
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::ValidatedConfig;
 use crate::exporter::Exporter;
 use crate::kpi::{KpiMeter, VariantKpis};
+use crate::labelstats::LabelStatsConfig;
 use crate::model::{Batch, SeriesId};
 use crate::pipeline::Pipeline;
 use crate::processor::parse_selectors;
@@ -33,6 +34,7 @@ pub struct EnginePipelines {
     live: usize,
     export_all_tagged: bool,
     protect: Vec<Selector>,
+    label_stats: Option<LabelStatsConfig>,
 }
 
 impl EnginePipelines {
@@ -49,7 +51,14 @@ impl EnginePipelines {
             live,
             export_all_tagged,
             protect,
+            label_stats: None,
         }
+    }
+
+    /// Also collects label statistics of the input (reported with the interval's KPIs).
+    pub fn with_label_stats(mut self, config: LabelStatsConfig) -> Self {
+        self.label_stats = Some(config);
+        self
     }
 
     /// Takes the pipelines out of a validated configuration. The KPI protect set is the
@@ -211,7 +220,11 @@ struct Engine {
 fn new_meter(pipelines: &EnginePipelines) -> KpiMeter {
     let names = pipelines.names();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    KpiMeter::new(&refs, pipelines.protect.clone())
+    let meter = KpiMeter::new(&refs, pipelines.protect.clone());
+    match &pipelines.label_stats {
+        Some(config) => meter.with_label_stats(config.clone()),
+        None => meter,
+    }
 }
 
 impl Engine {

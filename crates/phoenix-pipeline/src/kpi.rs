@@ -12,6 +12,7 @@ use hashbrown::{HashMap, HashSet};
 
 use crate::processor::fold;
 
+use crate::labelstats::{LabelStats, LabelStatsCollector, LabelStatsConfig};
 use crate::model::{Batch, Series, SeriesId, Sym};
 use crate::processor::MetricCounts;
 use crate::selector::{any_matches, Selector};
@@ -30,6 +31,13 @@ struct Seen {
     interval: u32,
 }
 
+/// One metric's total over an interval (see the module docs) and its distinct series.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MetricSum {
+    pub total: f64,
+    pub series: u64,
+}
+
 /// Per-metric totals of successive batches (see the module docs) and the distinct series
 /// of the current interval, with one hash-table operation per series: the map that turns
 /// cumulative values into increases also counts distinct series.
@@ -43,7 +51,11 @@ pub struct MetricTotals {
 
 impl MetricTotals {
     /// Adds this batch's per-metric totals into `into`.
-    pub fn observe(&mut self, batch: &Batch, into: &mut HashMap<Sym, f64, ahash::RandomState>) {
+    pub fn observe(
+        &mut self,
+        batch: &Batch,
+        into: &mut HashMap<Sym, MetricSum, ahash::RandomState>,
+    ) {
         let ids: Vec<SeriesId> = batch.series.iter().map(Series::id).collect();
         self.observe_with_ids(batch, &ids, into);
     }
@@ -61,8 +73,9 @@ impl MetricTotals {
 
     /// Counts series `id` for this interval and returns its contribution to its metric's
     /// total: a gauge's value, a cumulative series' reset-aware increase (none the first
-    /// time; NaN staleness markers count as no increase).
-    fn contribution(&mut self, id: SeriesId, cumulative: bool, value: f64) -> f64 {
+    /// time; NaN staleness markers count as no increase), and whether the series is new
+    /// in this interval.
+    fn contribution(&mut self, id: SeriesId, cumulative: bool, value: f64) -> (f64, bool) {
         let (batch_index, interval) = (self.batch_index, self.interval);
         let entry = self.seen.entry(id).or_insert(Seen {
             last_value: f64::NAN,
@@ -70,26 +83,28 @@ impl MetricTotals {
             // Never equal to the current interval: counted just below.
             interval: interval.wrapping_sub(1),
         });
-        if entry.interval != interval {
+        let new = entry.interval != interval;
+        if new {
             entry.interval = interval;
             self.distinct_series += 1;
         }
         entry.batch_index = batch_index;
         if !cumulative {
-            return if value.is_nan() { 0.0 } else { value };
+            return (if value.is_nan() { 0.0 } else { value }, new);
         }
         if value.is_nan() {
-            return 0.0;
+            return (0.0, new);
         }
         let previous = std::mem::replace(&mut entry.last_value, value);
-        if previous.is_nan() {
+        let increase = if previous.is_nan() {
             0.0
         } else if value >= previous {
             value - previous
         } else {
             // A reset: the counter restarted from zero.
             value
-        }
+        };
+        (increase, new)
     }
 
     /// Like [`Self::observe`] with the series ids already computed (`ids[i]` is the id of
@@ -98,7 +113,19 @@ impl MetricTotals {
         &mut self,
         batch: &Batch,
         ids: &[SeriesId],
-        into: &mut HashMap<Sym, f64, ahash::RandomState>,
+        into: &mut HashMap<Sym, MetricSum, ahash::RandomState>,
+    ) {
+        self.observe_each_new(batch, ids, into, |_| {});
+    }
+
+    /// Like [`Self::observe_with_ids`], calling `on_new` with each series seen for the first
+    /// time in this interval.
+    pub fn observe_each_new(
+        &mut self,
+        batch: &Batch,
+        ids: &[SeriesId],
+        into: &mut HashMap<Sym, MetricSum, ahash::RandomState>,
+        mut on_new: impl FnMut(&Series),
     ) {
         self.batch_index = self.batch_index.wrapping_add(1);
         if self.batch_index.is_multiple_of(64) {
@@ -111,18 +138,22 @@ impl MetricTotals {
         }
         // The total of the metric of the current run of series (batches keep a metric's
         // series together): found by the interned name's address, not by hashing it.
-        let mut run: Option<(&Sym, &mut f64)> = None;
+        let mut run: Option<(&Sym, &mut MetricSum)> = None;
         for (series, id) in batch.series.iter().zip(ids) {
             let Some(last) = series.last_sample() else {
                 continue;
             };
-            let contribution = self.contribution(*id, series.is_cumulative(), last.value);
-            let total: &mut f64 = match run.take() {
-                Some((name, total)) if std::sync::Arc::ptr_eq(name, &series.name) => total,
-                _ => into.entry_ref(&*series.name).or_insert(0.0),
+            let (contribution, new) = self.contribution(*id, series.is_cumulative(), last.value);
+            let sum: &mut MetricSum = match run.take() {
+                Some((name, sum)) if std::sync::Arc::ptr_eq(name, &series.name) => sum,
+                _ => into.entry_ref(&*series.name).or_default(),
             };
-            *total += contribution;
-            run = Some((&series.name, total));
+            sum.total += contribution;
+            if new {
+                sum.series += 1;
+                on_new(series);
+            }
+            run = Some((&series.name, sum));
         }
     }
 }
@@ -158,6 +189,20 @@ pub struct VariantKpis {
     pub ns_per_sample: f64,
     /// `(stage index, processor type, counts)` over the interval.
     pub processors: Vec<(usize, String, MetricCounts)>,
+    /// Per metric, distinct input and output series (input order: most input series first;
+    /// a metric the variant created has 0 input series).
+    pub per_metric: Vec<MetricSeries>,
+    /// Label statistics of the input, on the first variant of an interval that collected
+    /// them (the input is the same for every variant).
+    pub label_stats: Option<LabelStats>,
+}
+
+/// One metric's distinct series in and out of a variant over an interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricSeries {
+    pub metric: String,
+    pub input_series: u64,
+    pub output_series: u64,
 }
 
 impl VariantKpis {
@@ -185,7 +230,7 @@ struct VariantAccum {
     name: String,
     output_samples: u64,
     output_totals: MetricTotals,
-    output_sums: HashMap<Sym, f64, ahash::RandomState>,
+    output_sums: HashMap<Sym, MetricSum, ahash::RandomState>,
     protected_out: u64,
     anomalies_kept: u64,
     elapsed: Duration,
@@ -197,7 +242,8 @@ pub struct KpiMeter {
     protect: Vec<Selector>,
     input_samples: u64,
     input_totals: MetricTotals,
-    input_sums: HashMap<Sym, f64, ahash::RandomState>,
+    input_sums: HashMap<Sym, MetricSum, ahash::RandomState>,
+    label_stats: Option<LabelStatsCollector>,
     protected_in: u64,
     anomalies_in: u64,
     batch_protected: Vec<Series>,
@@ -215,6 +261,7 @@ impl KpiMeter {
             input_samples: 0,
             input_totals: MetricTotals::default(),
             input_sums: HashMap::default(),
+            label_stats: None,
             protected_in: 0,
             anomalies_in: 0,
             batch_protected: Vec::new(),
@@ -228,6 +275,12 @@ impl KpiMeter {
                 })
                 .collect(),
         }
+    }
+
+    /// Also collects label statistics of the input (see [`crate::labelstats`]).
+    pub fn with_label_stats(mut self, config: LabelStatsConfig) -> Self {
+        self.label_stats = Some(LabelStatsCollector::new(config));
+        self
     }
 
     /// Records an input batch, with the ids of series known to be anomalous in it.
@@ -246,8 +299,17 @@ impl KpiMeter {
         self.batch_anomalies.clear();
         self.batch_anomalies.extend_from_slice(anomalous);
         self.anomalies_in += anomalous.len() as u64;
-        self.input_totals
-            .observe_with_ids(input, &self.ids, &mut self.input_sums);
+        match self.label_stats.as_mut().filter(|c| c.collecting()) {
+            Some(collector) => self.input_totals.observe_each_new(
+                input,
+                &self.ids,
+                &mut self.input_sums,
+                |series| collector.observe(series),
+            ),
+            None => self
+                .input_totals
+                .observe_with_ids(input, &self.ids, &mut self.input_sums),
+        }
     }
 
     /// Records variant `index`'s output for the last input batch and its processing time.
@@ -290,12 +352,20 @@ impl KpiMeter {
         processors: &[Vec<(usize, String, MetricCounts)>],
     ) -> Vec<VariantKpis> {
         let input_series = self.input_totals.distinct_series();
+        let mut label_stats = self.label_stats.as_mut().and_then(|c| c.finish_interval());
+        let mut input_order: Vec<(&Sym, &MetricSum)> = self.input_sums.iter().collect();
+        input_order.sort_by(|a, b| b.1.series.cmp(&a.1.series).then_with(|| a.0.cmp(b.0)));
         let mut result = Vec::with_capacity(self.variants.len());
         for (index, variant) in self.variants.iter_mut().enumerate() {
             let mut max_relative_error = 0.0f64;
             let mut worst_metric = None;
-            for (metric, input_total) in &self.input_sums {
-                let output_total = variant.output_sums.get(metric).copied().unwrap_or(0.0);
+            for (metric, input) in &self.input_sums {
+                let input_total = &input.total;
+                let output_total = variant
+                    .output_sums
+                    .get(metric)
+                    .map(|s| s.total)
+                    .unwrap_or(0.0);
                 let error = if *input_total == 0.0 && output_total == 0.0 {
                     0.0
                 } else {
@@ -307,6 +377,26 @@ impl KpiMeter {
                 }
             }
             let output_series = variant.output_totals.distinct_series();
+            let mut per_metric: Vec<MetricSeries> = input_order
+                .iter()
+                .map(|(metric, input)| MetricSeries {
+                    metric: metric.to_string(),
+                    input_series: input.series,
+                    output_series: variant.output_sums.get(*metric).map_or(0, |s| s.series),
+                })
+                .collect();
+            let mut created: Vec<MetricSeries> = variant
+                .output_sums
+                .iter()
+                .filter(|(m, _)| !self.input_sums.contains_key(*m))
+                .map(|(m, s)| MetricSeries {
+                    metric: m.to_string(),
+                    input_series: 0,
+                    output_series: s.series,
+                })
+                .collect();
+            created.sort_by(|a, b| a.metric.cmp(&b.metric));
+            per_metric.extend(created);
             result.push(VariantKpis {
                 variant: variant.name.clone(),
                 input_series,
@@ -330,6 +420,8 @@ impl KpiMeter {
                     variant.elapsed.as_nanos() as f64 / self.input_samples as f64
                 },
                 processors: processors.get(index).cloned().unwrap_or_default(),
+                per_metric,
+                label_stats: label_stats.take(),
             });
             variant.output_totals.start_interval();
             variant.output_samples = 0;

@@ -11,6 +11,7 @@ pub mod config;
 pub mod engine;
 pub mod exporter;
 pub mod kpi;
+pub mod labelstats;
 pub mod model;
 pub mod otelcol;
 pub mod otlp;

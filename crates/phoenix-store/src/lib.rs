@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use phoenix_core::{
     Agent, DeploymentId, Experiment, ExperimentCommand, ExperimentEvent, ExperimentId,
     ExperimentPatch, ExperimentPhase, Heartbeat, HostId, KpiBatch, NewTask, PipelineDeployment,
-    Task, TaskId, TaskStatus,
+    Task, TaskId, TaskStatus, Variant,
 };
 
 mod common;
@@ -120,6 +120,16 @@ pub struct StoredKpiBatch {
     pub received_at: DateTime<Utc>,
     #[serde(flatten)]
     pub batch: KpiBatch,
+}
+
+/// A host's latest label statistics, as stored (the report is kept as JSON; the API
+/// decodes and merges it).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredLabelStats {
+    pub host_id: HostId,
+    pub interval_end: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub stats: serde_json::Value,
 }
 
 /// One analysis run of an experiment: claimed by one API replica, then finished with its
@@ -553,6 +563,27 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Events appended by any API process on the same database (PostgreSQL `LISTEN/NOTIFY`),
     /// or `None` where there is only one process (SQLite).
     async fn topic_event_notices(&self) -> Result<Option<TopicNoticeStream>>;
+    // ---- label statistics and per-host latest KPIs (cardinality, cost flow, recommendations) ----
+
+    /// Keep `stats` as `host`'s latest label statistics; a report for an interval older than
+    /// the stored one is ignored (a replayed batch). Swept by [`Store::sweep_telemetry`].
+    async fn put_label_stats(
+        &self,
+        host: &HostId,
+        interval_end: DateTime<Utc>,
+        stats: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Every host's latest label statistics received at or after `since`, by host id.
+    async fn list_label_stats(&self, since: DateTime<Utc>) -> Result<Vec<StoredLabelStats>>;
+    /// Per host, its most recent KPI batch of `variant` (of `experiment_id` when given, of
+    /// any experiment or none otherwise) received at or after `since`, by host id.
+    async fn latest_kpi_batches_by_host(
+        &self,
+        variant: Variant,
+        experiment_id: Option<ExperimentId>,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<StoredKpiBatch>>;
 }
 
 /// The store as the API holds it.

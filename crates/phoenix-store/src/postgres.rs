@@ -29,8 +29,8 @@ use crate::common::{
 };
 use crate::{
     AgentCredentials, AgentLogEntry, Backend, Enqueued, ExperimentQuery, KpiInsertOutcome, Page,
-    Result, Store, StoreError, StoredAgentLog, StoredAnalysis, StoredKpiBatch, TaskQuery,
-    TaskStatusUpdate, TransitionOutcome, Wakeup, WakeupStream,
+    Result, Store, StoreError, StoredAgentLog, StoredAnalysis, StoredKpiBatch, StoredLabelStats,
+    TaskQuery, TaskStatusUpdate, TransitionOutcome, Wakeup, WakeupStream,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -243,6 +243,7 @@ fn kpi_from_row(row: &PgRow) -> Result<StoredKpiBatch> {
             interval_end: row.try_get("interval_end")?,
             values: json(row, "kpi_values")?,
             details: row.try_get("details")?,
+            label_stats: None,
         },
     })
 }
@@ -1854,6 +1855,7 @@ impl Store for PgStore {
             "DELETE FROM kpi_batches WHERE received_at < $1",
             "DELETE FROM agent_heartbeats WHERE at < $1",
             "DELETE FROM agent_logs WHERE received_at < $1",
+            "DELETE FROM label_stats WHERE received_at < $1",
         ] {
             deleted += sqlx::query(statement)
                 .bind(before)
@@ -1925,6 +1927,65 @@ impl Store for PgStore {
         Ok(Some(
             crate::topic_events::pg_notices(self.options.clone()).await,
         ))
+    async fn put_label_stats(
+        &self,
+        host: &HostId,
+        interval_end: DateTime<Utc>,
+        stats: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO label_stats (host_id, interval_end, received_at, stats)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (host_id) DO UPDATE SET interval_end = EXCLUDED.interval_end,
+                 received_at = EXCLUDED.received_at, stats = EXCLUDED.stats
+             WHERE EXCLUDED.interval_end >= label_stats.interval_end",
+        )
+        .bind(host.as_str())
+        .bind(interval_end)
+        .bind(now)
+        .bind(stats)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_label_stats(&self, since: DateTime<Utc>) -> Result<Vec<StoredLabelStats>> {
+        let rows =
+            sqlx::query("SELECT * FROM label_stats WHERE received_at >= $1 ORDER BY host_id")
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredLabelStats {
+                    host_id: host("label_stats.host_id", &text(row, "host_id")?)?,
+                    interval_end: row.try_get("interval_end")?,
+                    received_at: row.try_get("received_at")?,
+                    stats: row.try_get("stats")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn latest_kpi_batches_by_host(
+        &self,
+        variant: Variant,
+        experiment_id: Option<ExperimentId>,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<StoredKpiBatch>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT ON (host_id) * FROM kpi_batches
+             WHERE variant = $1 AND received_at >= $2
+               AND ($3::uuid IS NULL OR experiment_id = $3)
+             ORDER BY host_id, interval_end DESC, batch_id DESC",
+        )
+        .bind(variant.as_str())
+        .bind(since)
+        .bind(experiment_id.map(|e| e.as_uuid()))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(kpi_from_row).collect()
     }
 }
 

@@ -31,8 +31,8 @@ use crate::common::{
 };
 use crate::{
     AgentCredentials, AgentLogEntry, Backend, Enqueued, ExperimentQuery, KpiInsertOutcome, Page,
-    Result, Store, StoreError, StoredAgentLog, StoredAnalysis, StoredKpiBatch, TaskQuery,
-    TaskStatusUpdate, TransitionOutcome, WakeupStream,
+    Result, Store, StoreError, StoredAgentLog, StoredAnalysis, StoredKpiBatch, StoredLabelStats,
+    TaskQuery, TaskStatusUpdate, TransitionOutcome, WakeupStream,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -351,6 +351,7 @@ fn kpi_from_row(row: &SqliteRow) -> Result<StoredKpiBatch> {
             interval_end: time(row, "interval_end")?,
             values: json(row, "kpi_values")?,
             details: json(row, "details")?,
+            label_stats: None,
         },
     })
 }
@@ -1645,6 +1646,7 @@ impl Store for SqliteStore {
             "DELETE FROM kpi_batches WHERE received_at < ?1",
             "DELETE FROM agent_heartbeats WHERE at < ?1",
             "DELETE FROM agent_logs WHERE received_at < ?1",
+            "DELETE FROM label_stats WHERE received_at < ?1",
         ] {
             deleted += sqlx::query(statement)
                 .bind(before)
@@ -1698,6 +1700,68 @@ impl Store for SqliteStore {
 
     async fn topic_event_notices(&self) -> Result<Option<crate::TopicNoticeStream>> {
         Ok(None)
+    async fn put_label_stats(
+        &self,
+        host: &HostId,
+        interval_end: DateTime<Utc>,
+        stats: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO label_stats (host_id, interval_end, received_at, stats)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (host_id) DO UPDATE SET interval_end = excluded.interval_end,
+                 received_at = excluded.received_at, stats = excluded.stats
+             WHERE excluded.interval_end >= label_stats.interval_end",
+        )
+        .bind(host.as_str())
+        .bind(micros(interval_end))
+        .bind(micros(now))
+        .bind(to_json_text("stats", stats)?)
+        .execute(&mut *self.write.get().await?)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_label_stats(&self, since: DateTime<Utc>) -> Result<Vec<StoredLabelStats>> {
+        let rows =
+            sqlx::query("SELECT * FROM label_stats WHERE received_at >= ?1 ORDER BY host_id")
+                .bind(micros(since))
+                .fetch_all(&mut *self.read.get().await?)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredLabelStats {
+                    host_id: host("label_stats.host_id", &text(row, "host_id")?)?,
+                    interval_end: time(row, "interval_end")?,
+                    received_at: time(row, "received_at")?,
+                    stats: json(row, "stats")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn latest_kpi_batches_by_host(
+        &self,
+        variant: Variant,
+        experiment_id: Option<ExperimentId>,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<StoredKpiBatch>> {
+        let rows = sqlx::query(
+            "SELECT * FROM (
+                 SELECT k.*, ROW_NUMBER() OVER (
+                     PARTITION BY host_id ORDER BY interval_end DESC, batch_id DESC) AS rank
+                 FROM kpi_batches k
+                 WHERE variant = ?1 AND received_at >= ?2
+                   AND (?3 IS NULL OR experiment_id = ?3))
+             WHERE rank = 1 ORDER BY host_id",
+        )
+        .bind(variant.as_str())
+        .bind(micros(since))
+        .bind(experiment_id.map(|e| e.to_string()))
+        .fetch_all(&mut *self.read.get().await?)
+        .await?;
+        rows.iter().map(kpi_from_row).collect()
     }
 }
 

@@ -5,6 +5,7 @@ pub mod analysis;
 pub mod deployments;
 pub mod experiments;
 pub mod ops;
+pub mod recommendations;
 pub mod tasks;
 pub mod templates;
 
