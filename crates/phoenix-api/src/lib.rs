@@ -4,12 +4,14 @@
 
 pub mod analysis;
 pub mod app;
+pub mod auth;
 pub mod batch;
 pub mod config;
 pub mod deployments;
 pub mod error;
 pub mod extract;
 pub mod openapi;
+pub mod route_table;
 pub mod routes;
 pub mod service;
 pub mod telemetry;

@@ -95,6 +95,12 @@ macro_rules! conformance_suite {
             agent_logs_round_trip_newest_first,
             settings_round_trip,
             sweep_telemetry_deletes_only_old_rows,
+            // authentication (conformance/auth.rs)
+            users_round_trip_and_usernames_are_unique,
+            refresh_tokens_rotate_once_and_reuse_revokes_the_family,
+            concurrent_refreshes_of_one_token_rotate_it_once,
+            api_keys_round_trip_touch_and_revoke,
+            enrollment_tokens_count_uses_and_refuse_expired_exhausted_or_revoked,
         );
     };
     (@tests $factory:expr; $($test:ident),* $(,)?) => {
@@ -107,6 +113,9 @@ macro_rules! conformance_suite {
         )*
     };
 }
+
+mod auth;
+pub use auth::*;
 
 // ---- helpers ----
 

@@ -21,6 +21,7 @@ use phoenix_core::{
     Task, TaskId, TaskStatus,
 };
 
+pub mod auth;
 mod common;
 #[cfg(feature = "testsuite")]
 pub mod conformance;
@@ -28,6 +29,10 @@ mod error;
 pub mod postgres;
 pub mod sqlite;
 
+pub use auth::{
+    ApiKeyRecord, AuthStore, EnrollmentTokenRecord, EnrollmentTokenUse, RefreshOutcome, Role,
+    SessionRecord, UserPatch, UserRecord,
+};
 pub use error::StoreError;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -198,7 +203,7 @@ pub type WakeupStream = Pin<Box<dyn Stream<Item = Wakeup> + Send>>;
 /// Everything Phoenix persists. Implementations must be safe to share between tasks and, for
 /// PostgreSQL, between API processes on one database.
 #[async_trait]
-pub trait Store: Send + Sync + Debug + 'static {
+pub trait Store: AuthStore + Send + Sync + Debug + 'static {
     fn backend(&self) -> Backend;
 
     /// Reachability check for `/ready`.
