@@ -16,8 +16,14 @@ api, experiment, duration = sys.argv[1], sys.argv[2], float(sys.argv[3])
 REFRESH = float(os.environ.get("PHOENIX_DEMO_REFRESH", "5"))
 
 
+TOKEN = os.environ.get("PHOENIX_TOKEN", "")
+
+
 def get(path, as_json=True):
-    with urllib.request.urlopen(api + path, timeout=10) as r:
+    request = urllib.request.Request(api + path)
+    if TOKEN:
+        request.add_header("Authorization", "Bearer " + TOKEN)
+    with urllib.request.urlopen(request, timeout=10) as r:
         body = r.read().decode()
     return json.loads(body) if as_json else body
 

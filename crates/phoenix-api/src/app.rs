@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request, Response, StatusCode};
-use axum::routing::{get, post};
 use axum::Router;
 use futures::StreamExt;
 use tokio::task::JoinHandle;
@@ -20,9 +19,6 @@ use phoenix_store::{SharedStore, Wakeup};
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::routes::{
-    agent, analysis, deployments, experiments, ops, recommendations, tasks, templates,
-};
 use crate::service::{Service, Timings};
 use crate::telemetry::Metrics;
 use crate::waiters::Waiters;
@@ -36,6 +32,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub scrape_lock: Arc<tokio::sync::Mutex<()>>,
     pub config: Arc<Config>,
+    /// Users, tokens, API keys, enrollment tokens (crate::auth).
+    pub auth: Arc<crate::auth::AuthService>,
+    pub limiter: Arc<crate::auth::RateLimiter>,
 }
 
 impl AppState {
@@ -74,95 +73,39 @@ impl AppState {
             claim_batch_max: config.claim_batch_max,
             experiment_start_timeout: config.experiment_start_timeout,
         };
+        let auth = crate::auth::AuthService::new(
+            store.clone(),
+            clock.clone(),
+            crate::auth::AuthSettings {
+                jwt_secret: config.jwt_secret.clone(),
+                access_ttl: config.access_token_ttl,
+                refresh_ttl: config.refresh_token_ttl,
+            },
+        )
+        .await?;
+        bootstrap_admin(&auth, &config).await?;
+        let limiter = crate::auth::RateLimiter::new(config.rate_limits());
         let service = Service::new(store, clock, Arc::new(Waiters::default()), timings, token);
         Ok(Self {
             service: Arc::new(service),
             metrics: Arc::new(Metrics::new()),
             scrape_lock: Arc::new(tokio::sync::Mutex::new(())),
             config: Arc::new(config),
+            auth: Arc::new(auth),
+            limiter: Arc::new(limiter),
         })
     }
 }
 
 pub fn router(state: AppState) -> Router {
-    let batch_limit = DefaultBodyLimit::max(state.config.agent_batch_body_limit_bytes);
-    let api = Router::new()
-        .route(
-            "/api/v1/experiments",
-            post(experiments::create).get(experiments::list),
-        )
-        .route(
-            "/api/v1/experiments/{id}",
-            get(experiments::get)
-                .patch(experiments::update)
-                .delete(experiments::delete),
-        )
-        .route("/api/v1/experiments/{id}/start", post(experiments::start))
-        .route("/api/v1/experiments/{id}/stop", post(experiments::stop))
-        .route(
-            "/api/v1/experiments/{id}/rollback",
-            post(experiments::rollback),
-        )
-        .route("/api/v1/experiments/{id}/events", get(experiments::events))
-        .route("/api/v1/experiments/{id}/kpis", get(analysis::kpis))
-        .route("/api/v1/experiments/{id}/results", get(analysis::results))
-        .route("/api/v1/experiments/{id}/analysis", get(analysis::analysis))
-        .route(
-            "/api/v1/experiments/{id}/cost-analysis",
-            get(analysis::cost_analysis),
-        )
-        .route("/api/v1/pipelines/templates", get(templates::list))
-        .route(
-            "/api/v1/pipelines/templates/{name}",
-            get(templates::get).put(templates::put),
-        )
-        .route("/api/v1/pipelines/render", post(templates::render))
-        .route("/api/v1/pipelines/validate", post(templates::validate))
-        .route(
-            "/api/v1/pipeline-deployments",
-            post(deployments::create).get(deployments::list),
-        )
-        .route(
-            "/api/v1/pipeline-deployments/{id}",
-            get(deployments::get).delete(deployments::withdraw),
-        )
-        .route(
-            "/api/v1/usage/queries",
-            post(analysis::upload_usage).get(analysis::usage),
-        )
-        .route(
-            "/api/v1/cost/presets",
-            get(analysis::get_presets).put(analysis::put_presets),
-        )
-        // Cardinality, cost flow and recommendations (from the agents' label statistics).
-        .route(
-            "/api/v1/metrics/cardinality",
-            get(recommendations::cardinality),
-        )
-        .route("/api/v1/metrics/cost-flow", get(recommendations::cost_flow))
-        .route("/api/v1/cost-flow", get(recommendations::cost_flow_alias))
-        .route("/api/v1/recommendations", get(recommendations::list))
-        .route(
-            "/api/v1/recommendations/{id}/experiment",
-            post(recommendations::experiment),
-        )
-        .route("/api/v1/agent/enroll", post(agent::enroll))
-        .route("/api/v1/agent/tasks", get(agent::poll))
-        .route("/api/v1/agent/tasks/{id}/status", post(agent::task_status))
-        .route("/api/v1/agent/heartbeat", post(agent::heartbeat))
-        .route(
-            "/api/v1/agent/metrics",
-            post(agent::metrics).layer(batch_limit),
-        )
-        .route("/api/v1/agent/logs", post(agent::logs).layer(batch_limit))
-        .route("/api/v1/tasks", post(tasks::enqueue).get(tasks::list))
-        .route("/api/v1/tasks/{id}", get(tasks::get))
-        .route("/api/v1/fleet/status", get(ops::fleet_status))
-        .route("/api/v1/openapi.json", get(ops::openapi))
-        .route("/health", get(ops::health))
-        .route("/ready", get(ops::ready))
-        .route("/metrics", get(ops::metrics))
-        .route("/api/v1/ws", get(crate::ws::upgrade))
+    // Every route comes from the one table, wrapped in the guard its access level names.
+    let mut api = Router::new();
+    for spec in crate::route_table::ROUTES {
+        let guard =
+            axum::middleware::from_fn_with_state((state.clone(), spec.access), crate::auth::guard);
+        api = api.route(spec.path, (spec.handler)(&state).layer(guard));
+    }
+    let api = api
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
@@ -350,6 +293,46 @@ pub fn spawn_background(
         }
     }));
     handles
+}
+
+/// The first admin, when the database has no user: `admin_password` from the configuration,
+/// else a random one printed once (stderr and the log).
+async fn bootstrap_admin(
+    auth: &crate::auth::AuthService,
+    config: &Config,
+) -> Result<(), phoenix_store::StoreError> {
+    use crate::auth::{AuthError, Bootstrap};
+    let outcome = auth
+        .bootstrap_admin(&config.admin_username, config.admin_password.as_deref())
+        .await
+        .map_err(|e| match e {
+            AuthError::Store(s) => s,
+            other => phoenix_store::StoreError::Unavailable(format!(
+                "cannot create the first admin: {other}"
+            )),
+        })?;
+    if let Bootstrap::Created {
+        username,
+        generated_password,
+    } = outcome
+    {
+        match generated_password {
+            Some(password) => {
+                tracing::warn!(
+                    username = %username,
+                    password = %password,
+                    "no user existed and no admin_password is configured: created the first admin with this one-time password; change it (PATCH /api/v1/users/{{id}})"
+                );
+                eprintln!(
+                    "phoenix-api: created the first admin `{username}` with password `{password}` (shown once)"
+                );
+            }
+            None => {
+                tracing::info!(username = %username, "created the first admin from admin_password")
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Create the sample experiment the README's first command promises, unless one exists.

@@ -91,6 +91,30 @@ pub struct Config {
     /// How long a WebSocket client that came without a token has to send its `auth` message.
     #[serde(with = "humantime_serde")]
     pub ws_auth_timeout: Duration,
+    // ---- authentication (docs/security.md) ----
+    /// HS256 key for access tokens, at least 32 characters. When unset, one is generated at
+    /// first start and kept in the database, so every replica signs with the same key.
+    pub jwt_secret: Option<String>,
+    /// Lifetime of an access token.
+    #[serde(with = "humantime_serde")]
+    pub access_token_ttl: Duration,
+    /// Lifetime of a refresh token (each refresh issues a new one).
+    #[serde(with = "humantime_serde")]
+    pub refresh_token_ttl: Duration,
+    /// Name of the admin created at first start, when the database has no user.
+    pub admin_username: String,
+    /// Password of that first admin. When unset, a random one is generated and printed once.
+    pub admin_password: Option<String>,
+    /// Requests per second each signed-in user or API key may make (0: no limit).
+    pub rate_limit_per_second: f64,
+    /// Requests a user or API key may make at once before the rate applies.
+    pub rate_limit_burst: u32,
+    /// Requests per second per client address on unauthenticated routes (login, refresh).
+    pub anonymous_rate_limit_per_second: f64,
+    pub anonymous_rate_limit_burst: u32,
+    /// Requests per second per agent (0: no limit).
+    pub agent_rate_limit_per_second: f64,
+    pub agent_rate_limit_burst: u32,
 }
 
 impl Default for Config {
@@ -122,6 +146,17 @@ impl Default for Config {
             ws_max_message_bytes: 16 * 1024,
             ws_ping_interval: Duration::from_secs(30),
             ws_auth_timeout: Duration::from_secs(10),
+            jwt_secret: None,
+            access_token_ttl: Duration::from_secs(15 * 60),
+            refresh_token_ttl: Duration::from_secs(7 * 24 * 3600),
+            admin_username: "admin".to_string(),
+            admin_password: None,
+            rate_limit_per_second: 50.0,
+            rate_limit_burst: 200,
+            anonymous_rate_limit_per_second: 5.0,
+            anonymous_rate_limit_burst: 20,
+            agent_rate_limit_per_second: 20.0,
+            agent_rate_limit_burst: 200,
         }
     }
 }
@@ -264,7 +299,70 @@ impl Config {
                 ));
             }
         }
+        self.validate_auth()
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let invalid = |key, problem: String| ConfigError::Invalid { key, problem };
+        if let Some(k) = &self.jwt_secret {
+            if k.len() < 32 {
+                return Err(invalid(
+                    "jwt_secret",
+                    "must be at least 32 characters".into(),
+                ));
+            }
+        }
+        if self.access_token_ttl < Duration::from_secs(10) {
+            return Err(invalid("access_token_ttl", "must be at least 10s".into()));
+        }
+        if self.refresh_token_ttl <= self.access_token_ttl {
+            return Err(invalid(
+                "refresh_token_ttl",
+                "must be longer than access_token_ttl".into(),
+            ));
+        }
+        if let Err(e) = crate::auth::validate_username("admin_username", &self.admin_username) {
+            return Err(invalid("admin_username", e.to_string()));
+        }
+        if let Some(p) = &self.admin_password {
+            if let Err(e) = crate::auth::validate_password("admin_password", p) {
+                return Err(invalid("admin_password", e.to_string()));
+            }
+        }
+        for (key, rate) in [
+            ("rate_limit_per_second", self.rate_limit_per_second),
+            (
+                "anonymous_rate_limit_per_second",
+                self.anonymous_rate_limit_per_second,
+            ),
+            (
+                "agent_rate_limit_per_second",
+                self.agent_rate_limit_per_second,
+            ),
+        ] {
+            if !rate.is_finite() || rate < 0.0 {
+                return Err(invalid(key, "must be a number >= 0 (0: no limit)".into()));
+            }
+        }
         Ok(())
+    }
+
+    pub fn rate_limits(&self) -> crate::auth::RateLimits {
+        use crate::auth::Bucket;
+        crate::auth::RateLimits {
+            user: Bucket {
+                per_second: self.rate_limit_per_second,
+                burst: self.rate_limit_burst,
+            },
+            anonymous: Bucket {
+                per_second: self.anonymous_rate_limit_per_second,
+                burst: self.anonymous_rate_limit_burst,
+            },
+            agent: Bucket {
+                per_second: self.agent_rate_limit_per_second,
+                burst: self.agent_rate_limit_burst,
+            },
+        }
     }
 
     /// The database URL in effect.

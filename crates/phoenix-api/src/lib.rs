@@ -4,6 +4,7 @@
 
 pub mod analysis;
 pub mod app;
+pub mod auth;
 pub mod batch;
 pub mod config;
 pub mod deployments;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod openapi;
 pub mod recommendations;
+pub mod route_table;
 pub mod routes;
 pub mod service;
 pub mod telemetry;

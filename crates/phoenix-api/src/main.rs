@@ -52,6 +52,23 @@ enum Command {
     Openapi,
     /// Print the effective configuration and exit.
     Config,
+    /// Manage users directly in the database (no running server needed).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create a user (an admin by default), reading its password from standard input.
+    Create {
+        #[arg(long)]
+        username: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        #[arg(long, default_value = "admin", value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+    },
 }
 
 impl Cli {
@@ -101,6 +118,14 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", printable_config(&cfg)?);
             return Ok(());
         }
+        Some(Command::Admin(AdminCommand::Create {
+            ref username,
+            password_stdin: _,
+            ref role,
+        })) => {
+            let cfg = Config::load(cli.config.as_deref(), &cli.overrides())?;
+            return admin_create(&cfg, username, role).await;
+        }
         _ => {}
     }
     let cfg = Config::load(cli.config.as_deref(), &cli.overrides())?;
@@ -119,6 +144,12 @@ fn printable_config(cfg: &Config) -> anyhow::Result<String> {
         shown.ws_token = Some("<redacted>".into());
     }
     shown.database_url = shown.database_url.as_deref().map(redact);
+    if shown.jwt_secret.is_some() {
+        shown.jwt_secret = Some("<redacted>".into());
+    }
+    if shown.admin_password.is_some() {
+        shown.admin_password = Some("<redacted>".into());
+    }
     Ok(serde_yaml::to_string(&shown)?)
 }
 
@@ -190,6 +221,40 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         let _ = h.await;
     }
     tracing::info!("phoenix-api stopped");
+    Ok(())
+}
+
+/// `phoenix-api admin create`: a user straight into the store, password from stdin.
+async fn admin_create(cfg: &Config, username: &str, role: &str) -> anyhow::Result<()> {
+    let role: phoenix_api::auth::Role = role.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    let url = cfg.database_url();
+    if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
+    }
+    let store = phoenix_store::connect(&url)
+        .await
+        .with_context(|| format!("connecting to the store at {}", redact(&url)))?;
+    let auth = phoenix_api::auth::AuthService::new(
+        store,
+        Arc::new(phoenix_core::SystemClock),
+        phoenix_api::auth::AuthSettings {
+            jwt_secret: cfg.jwt_secret.clone(),
+            access_ttl: cfg.access_token_ttl,
+            refresh_ttl: cfg.refresh_token_ttl,
+        },
+    )
+    .await?;
+    let user = auth
+        .create_user(username, password, role)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create user `{username}`: {e}"))?;
+    eprintln!("created {} `{}` ({})", user.role, user.username, user.id);
     Ok(())
 }
 

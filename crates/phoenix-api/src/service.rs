@@ -724,11 +724,22 @@ impl Service {
     // ---- agents ----
 
     pub async fn enroll(&self, host: HostId, token: &str) -> ServiceResult<Enrollment> {
-        if !bool::from(token.as_bytes().ct_eq(self.enrollment_token.as_bytes())) {
+        if !self.bootstrap_token_matches(token) {
             return Err(ServiceError::Unauthorized(
                 "invalid enrollment token".into(),
             ));
         }
+        self.enroll_checked(host).await
+    }
+
+    /// Whether `token` is the bootstrap enrollment token (configured, or generated at first
+    /// start). Tokens issued at `/api/v1/enrollment-tokens` are checked by the auth service.
+    pub fn bootstrap_token_matches(&self, token: &str) -> bool {
+        bool::from(token.as_bytes().ct_eq(self.enrollment_token.as_bytes()))
+    }
+
+    /// Enroll `host` whose enrollment token has been checked: a new secret, shown once.
+    pub async fn enroll_checked(&self, host: HostId) -> ServiceResult<Enrollment> {
         let secret = {
             use rand::RngCore;
             let mut bytes = [0u8; 32];
@@ -822,6 +833,25 @@ impl Service {
         tracing::info!(host_id = %host, "agent revoked");
         self.events.agent_revoked(host).await;
         Ok(())
+    }
+
+    /// Revoke an agent and put the tasks it holds back in the queue at once (not when their
+    /// lease lapses); returns how many went back.
+    pub async fn revoke_agent_and_requeue(&self, host: &HostId) -> ServiceResult<u64> {
+        self.revoke_agent(host).await?;
+        let now = self.clock.now();
+        // Everything assigned up to now (and a second's slack for clock granularity).
+        let released = self
+            .store
+            .release_unheld_tasks(host, &[], now + chrono::Duration::seconds(1), now)
+            .await?;
+        for t in &released {
+            if t.status == TaskStatus::Pending {
+                self.waiters.wake_for(t.host_id.as_ref());
+            }
+            self.follow_experiment_task(t).await;
+        }
+        Ok(released.len() as u64)
     }
 
     /// A heartbeat also renews the leases of the tasks the agent holds: a long-running

@@ -61,6 +61,11 @@ struct Ws {
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// The first admin's access token (what a signed-in dashboard sends).
+fn admin_token(s: &TestServer) -> String {
+    s.admin_login["access_token"].as_str().unwrap().to_string()
+}
+
 fn ws_url(s: &TestServer) -> String {
     format!("{}/api/v1/ws", s.base.replacen("http://", "ws://", 1))
 }
@@ -71,7 +76,7 @@ impl Ws {
         let mut req = ws_url(s).into_client_request().unwrap();
         req.headers_mut().insert(
             "authorization",
-            format!("Bearer {ENROLL_TOKEN}").parse().unwrap(),
+            format!("Bearer {}", admin_token(s)).parse().unwrap(),
         );
         let (socket, _) = tokio_tungstenite::connect_async(req).await.unwrap();
         let mut ws = Self { socket };
@@ -402,7 +407,13 @@ async fn bad_tokens_messages_and_topics_are_refused_with_reasons(s: &TestServer)
         Err(tungstenite::Error::Http(res)) if res.status() == 401
     ));
     // The token in the query (browsers) works.
+    // The enrollment token (an agent's secret) is not a user credential.
     let url = format!("{}?access_token={ENROLL_TOKEN}", ws_url(s));
+    assert!(matches!(
+        tokio_tungstenite::connect_async(url).await,
+        Err(tungstenite::Error::Http(res)) if res.status() == 401
+    ));
+    let url = format!("{}?access_token={}", ws_url(s), admin_token(s));
     let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     assert_eq!(Ws { socket }.next().await["type"], "authenticated");
     // Not a WebSocket request at all.
@@ -429,7 +440,7 @@ async fn bad_tokens_messages_and_topics_are_refused_with_reasons(s: &TestServer)
     assert!(reason.contains("not authenticated within"), "{reason}");
     // The first-message way works.
     let mut ws = Ws::anonymous(s).await;
-    ws.send(json!({ "type": "auth", "token": ENROLL_TOKEN }))
+    ws.send(json!({ "type": "auth", "token": admin_token(s) }))
         .await;
     assert_eq!(ws.next().await["type"], "authenticated");
 

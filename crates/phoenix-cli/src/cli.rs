@@ -79,17 +79,25 @@ pub enum Command {
     },
     /// The CLI's version and, when reachable, the server's.
     Version,
-    /// Store a token in the current context, sent as `Authorization: Bearer`.
+    /// Log in to the current context's server and keep the tokens in the config file.
     ///
-    /// The API has no login endpoint yet: pass a token you were given with --token
-    /// (or `--token -` to read it from stdin). Once the API issues tokens, this command will
-    /// ask for a user name and password instead.
+    /// With a user name and password (asked for when not given; `--password-stdin` reads one
+    /// line from stdin), the API issues an access token and a refresh token: both are stored,
+    /// and the access token is refreshed on its own when it expires. With `--token` (an API
+    /// key, or `-` to read it from stdin) that token is stored as it is.
     Login {
-        /// The token; `-` reads one line from stdin.
+        /// The user to log in as.
+        #[arg(long, short = 'u', conflicts_with = "token")]
+        username: Option<String>,
+        /// Read the password from the first line of stdin.
+        #[arg(long, conflicts_with = "token")]
+        password_stdin: bool,
+        /// Store this token (an API key) instead of logging in; `-` reads one line from stdin.
         #[arg(long)]
         token: Option<String>,
     },
-    /// Remove the token from the current context.
+    /// End the session on the server (when logged in with a password) and remove the tokens
+    /// from the current context.
     Logout,
     /// Print a shell completion script (e.g. `phoenix completion bash > /etc/bash_completion.d/phoenix`).
     Completion {

@@ -17,6 +17,8 @@ use crate::output::{self, emit, fields, num, Table};
 pub struct Target {
     pub server: String,
     pub token: Option<String>,
+    /// The context's refresh token, when its token came from the context (not the env).
+    pub refresh_token: Option<String>,
     pub context: Option<String>,
 }
 
@@ -42,10 +44,17 @@ pub fn resolve(global: &GlobalArgs, config: &Config) -> CliResult<Target> {
         .or_else(|| env("PHOENIX_SERVER"))
         .or_else(|| context.map(|c| c.server.clone()))
         .unwrap_or_else(|| DEFAULT_SERVER.to_string());
-    let token = env("PHOENIX_TOKEN").or_else(|| context.and_then(|c| c.token.clone()));
+    let (token, refresh_token) = match env("PHOENIX_TOKEN") {
+        Some(t) => (Some(t), None),
+        None => (
+            context.and_then(|c| c.token.clone()),
+            context.and_then(|c| c.refresh_token.clone()),
+        ),
+    };
     Ok(Target {
         server: server.trim_end_matches('/').to_string(),
         token,
+        refresh_token,
         context: context.map(|c| c.name.clone()),
     })
 }
@@ -55,7 +64,31 @@ pub fn client(global: &GlobalArgs, target: &Target) -> CliResult<Client> {
         &target.server,
         target.token.clone(),
         Duration::from_secs(global.timeout.max(1)),
-    )?)
+    )?
+    .with_refresh_token(target.refresh_token.clone()))
+}
+
+/// After a command: if the client refreshed its tokens, write the new pair to the context
+/// they came from (a refresh token is single use; the old one is spent).
+fn keep_refreshed(path: &Path, target: &Target, c: &Client) {
+    let Some(name) = &target.context else { return };
+    if target.refresh_token.is_none() {
+        return;
+    }
+    let now = c.tokens();
+    if now.access == target.token && now.refresh == target.refresh_token {
+        return;
+    }
+    let Ok(mut config) = Config::load(path) else {
+        return;
+    };
+    if let Some(ctx) = config.context_mut(name) {
+        ctx.token = now.access;
+        ctx.refresh_token = now.refresh;
+        if let Err(e) = config.save(path) {
+            eprintln!("warning: cannot store the refreshed tokens: {}", e.message);
+        }
+    }
 }
 
 pub async fn run(cli: Cli) -> CliResult<u8> {
@@ -65,15 +98,24 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
     match cli.command {
         Command::Experiment(cmd) => {
             let target = resolve(g, &config)?;
-            crate::experiment::run(cmd, g, &client(g, &target)?).await
+            let c = client(g, &target)?;
+            let out = crate::experiment::run(cmd, g, &c).await;
+            keep_refreshed(&path, &target, &c);
+            out
         }
         Command::Pipeline(cmd) => {
-            let c = client(g, &resolve(g, &config)?)?;
-            crate::pipeline::run(cmd, g, &c).await
+            let target = resolve(g, &config)?;
+            let c = client(g, &target)?;
+            let out = crate::pipeline::run(cmd, g, &c).await;
+            keep_refreshed(&path, &target, &c);
+            out
         }
         Command::Fleet(cmd) => {
-            let c = client(g, &resolve(g, &config)?)?;
-            let status = c.fleet_status().await?;
+            let target = resolve(g, &config)?;
+            let c = client(g, &target)?;
+            let status = c.fleet_status().await;
+            keep_refreshed(&path, &target, &c);
+            let status = status?;
             match cmd {
                 FleetCmd::List => emit(g.output, &status.agents, || fleet_table(&status))?,
                 FleetCmd::Status => emit(g.output, &status, || fleet_summary(&status))?,
@@ -81,17 +123,20 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
             Ok(0)
         }
         Command::Cost(CostCmd::Presets { action }) => {
-            let c = client(g, &resolve(g, &config)?)?;
+            let target = resolve(g, &config)?;
+            let c = client(g, &target)?;
             let presets = match action.unwrap_or(PresetsCmd::Get) {
-                PresetsCmd::Get => c.cost_presets().await?,
+                PresetsCmd::Get => c.cost_presets().await,
                 PresetsCmd::Set { file } => {
                     let mut body = read_spec(&file)?;
                     if body.is_array() {
                         body = serde_json::json!({ "presets": body });
                     }
-                    c.put_cost_presets_raw(&body).await?
+                    c.put_cost_presets_raw(&body).await
                 }
             };
+            keep_refreshed(&path, &target, &c);
+            let presets = presets?;
             emit(g.output, &presets, || presets_table(&presets))?;
             Ok(0)
         }
@@ -129,40 +174,33 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
             Ok(0)
         }
         Command::Version => version(g, &config).await,
-        Command::Login { token } => {
-            let token = match token.as_deref() {
-                Some("-") => {
-                    let mut line = String::new();
-                    std::io::stdin()
-                        .read_line(&mut line)
-                        .map_err(|e| CliError::usage(format!("cannot read the token: {e}")))?;
-                    line.trim().to_string()
-                }
-                Some(t) => t.trim().to_string(),
-                None => {
-                    return Err(CliError::usage(
-                        "the API has no login endpoint yet: pass a token with `phoenix login --token TOKEN` (or `--token -` to read it from stdin)",
-                    ))
-                }
-            };
-            if token.is_empty() {
-                return Err(CliError::usage("the token is empty"));
-            }
-            let name = context_for_write(g, &mut config)?;
-            if let Some(c) = config.context_mut(&name) {
-                c.token = Some(token);
-            }
-            config.save(&path)?;
-            eprintln!("token stored in context `{name}` ({})", path.display());
-            Ok(0)
-        }
+        Command::Login {
+            username,
+            password_stdin,
+            token,
+        } => login(g, &mut config, &path, username, password_stdin, token).await,
         Command::Logout => {
             let name = context_for_write(g, &mut config)?;
+            let ctx = config.context(&name).cloned();
+            if let Some(ctx) = ctx.filter(|c| c.refresh_token.is_some()) {
+                // A password login: end the session on the server too.
+                let c = Client::new(
+                    &ctx.server,
+                    ctx.token.clone(),
+                    Duration::from_secs(g.timeout.max(1)),
+                )?
+                .with_refresh_token(ctx.refresh_token.clone());
+                if let Err(e) = c.logout().await {
+                    eprintln!("warning: the server did not end the session: {e}");
+                }
+            }
             if let Some(c) = config.context_mut(&name) {
                 c.token = None;
+                c.refresh_token = None;
+                c.username = None;
             }
             config.save(&path)?;
-            eprintln!("token removed from context `{name}`");
+            eprintln!("logged out: tokens removed from context `{name}`");
             Ok(0)
         }
         Command::Completion { shell } => {
@@ -174,6 +212,88 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
         }
         Command::Plugin(args) => plugin(args, &resolve(g, &config)?),
     }
+}
+
+fn read_stdin_line(what: &str) -> CliResult<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| CliError::usage(format!("cannot read the {what} from stdin: {e}")))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// `phoenix login`: a password login (tokens from the API) or a given token (API key).
+async fn login(
+    g: &GlobalArgs,
+    config: &mut Config,
+    path: &Path,
+    username: Option<String>,
+    password_stdin: bool,
+    token: Option<String>,
+) -> CliResult<u8> {
+    if let Some(token) = token {
+        let token = match token.as_str() {
+            "-" => read_stdin_line("token")?.trim().to_string(),
+            t => t.trim().to_string(),
+        };
+        if token.is_empty() {
+            return Err(CliError::usage("the token is empty"));
+        }
+        let name = context_for_write(g, config)?;
+        if let Some(c) = config.context_mut(&name) {
+            c.token = Some(token);
+            c.refresh_token = None;
+            c.username = None;
+        }
+        config.save(path)?;
+        eprintln!("token stored in context `{name}` ({})", path.display());
+        return Ok(0);
+    }
+    let interactive = std::io::stdin().is_terminal();
+    let username = match username {
+        Some(u) => u,
+        None if interactive && !password_stdin => {
+            eprint!("username: ");
+            read_stdin_line("username")?.trim().to_string()
+        }
+        None => {
+            return Err(CliError::usage(
+                "give --username (and --password-stdin to read the password from stdin), or --token for an API key",
+            ))
+        }
+    };
+    if username.is_empty() {
+        return Err(CliError::usage("the username is empty"));
+    }
+    let password = if password_stdin {
+        read_stdin_line("password")?
+    } else if interactive {
+        rpassword::prompt_password(format!("password for {username}: "))
+            .map_err(|e| CliError::usage(format!("cannot read the password: {e}")))?
+    } else {
+        return Err(CliError::usage(
+            "stdin is not a terminal: pass --password-stdin and the password on stdin",
+        ));
+    };
+    let name = context_for_write(g, config)?;
+    let server = match &g.server {
+        Some(s) => s.trim_end_matches('/').to_string(),
+        None => resolve(g, config)?.server,
+    };
+    let c = Client::new(&server, None, Duration::from_secs(g.timeout.max(1)))?;
+    let tokens = c.login(&username, &password).await?;
+    if let Some(ctx) = config.context_mut(&name) {
+        ctx.server = server.clone();
+        ctx.token = Some(tokens.access_token);
+        ctx.refresh_token = Some(tokens.refresh_token);
+        ctx.username = Some(tokens.user.username.clone());
+    }
+    config.save(path)?;
+    eprintln!(
+        "logged in to {server} as {} ({}); tokens stored in context `{name}`",
+        tokens.user.username, tokens.user.role
+    );
+    Ok(0)
 }
 
 /// The context `login`/`logout` write to: `--context`, else the current one, else a new

@@ -26,6 +26,13 @@ pub struct Context {
     pub server: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Set by `phoenix login` with a password: exchanged for a new access token when the
+    /// server answers 401 (the pair is then rewritten here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// Who `phoenix login` logged in as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
 }
 
 /// Where the config file lives.
@@ -98,12 +105,16 @@ impl Config {
                 c.server = server.to_string();
                 if token.is_some() {
                     c.token = token;
+                    c.refresh_token = None;
+                    c.username = None;
                 }
             }
             None => self.contexts.push(Context {
                 name: name.to_string(),
                 server: server.to_string(),
                 token,
+                refresh_token: None,
+                username: None,
             }),
         }
         if self.current_context.is_none() {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use phoenix_e2e::{api_on_sqlite, free_port, ApiProcess, ENROLL_TOKEN};
+use phoenix_e2e::{api_on_sqlite, free_port, ApiProcess, ADMIN_PASSWORD, ADMIN_USER, ENROLL_TOKEN};
 use serde_json::Value;
 
 struct Env {
@@ -22,7 +22,23 @@ impl Env {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let (api, _db) = rt.block_on(api_on_sqlite(dir.path(), &[]));
         let base = api.base();
-        Env { api, base, dir }
+        let env = Env { api, base, dir };
+        // Every test's CLI is logged in, the way a user does it.
+        let out = phoenix_with_stdin(
+            &env.config(),
+            &[
+                "--server",
+                env.base_str(),
+                "login",
+                "--username",
+                ADMIN_USER,
+                "--password-stdin",
+            ],
+            &[],
+            &format!("{ADMIN_PASSWORD}\n"),
+        );
+        assert_ok(&out, &["login"]);
+        env
     }
 
     fn config(&self) -> PathBuf {
@@ -83,6 +99,29 @@ fn phoenix(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().unwrap()
+}
+
+fn phoenix_with_stdin(config: &Path, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_phoenix"));
+    cmd.args(args)
+        .env("PHOENIX_CONFIG", config)
+        .env_remove("PHOENIX_SERVER")
+        .env_remove("PHOENIX_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }
 
 fn assert_ok(out: &Output, args: &[&str]) {
@@ -429,7 +468,9 @@ fn fleet_list_shows_an_enrolled_agent() {
 #[test]
 fn contexts_choose_the_server_and_carry_the_token() {
     let env = Env::start();
-    let cfg = env.config();
+    // A config of its own (Env's is logged in already).
+    let cfg = env.dir.path().join("contexts/config.yaml");
+    let token = env.api.token.clone();
     let dead = format!("http://127.0.0.1:{}", free_port());
     assert_ok(
         &phoenix(&cfg, &["context", "set", "dead", "--server", &dead], &[]),
@@ -445,7 +486,7 @@ fn contexts_choose_the_server_and_carry_the_token() {
                 "--server",
                 env.base_str(),
                 "--token",
-                "t0k",
+                &token,
             ],
             &[],
         ),
@@ -458,9 +499,21 @@ fn contexts_choose_the_server_and_carry_the_token() {
     let out = phoenix(
         &cfg,
         &["experiment", "list"],
-        &[("PHOENIX_SERVER", env.base_str())],
+        &[
+            ("PHOENIX_SERVER", env.base_str()),
+            ("PHOENIX_TOKEN", &token),
+        ],
     );
     assert_ok(&out, &["list via PHOENIX_SERVER"]);
+    // Without a token the API refuses: one line, exit 1.
+    let out = phoenix(
+        &cfg,
+        &["experiment", "list"],
+        &[("PHOENIX_SERVER", env.base_str())],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = assert_one_error_line(&out);
+    assert!(err.starts_with("error: unauthorized: "), "{err}");
     let out = phoenix(
         &cfg,
         &["--server", &dead, "experiment", "list"],
@@ -484,7 +537,7 @@ fn contexts_choose_the_server_and_carry_the_token() {
     // logout removes the token, login stores one.
     assert_ok(&phoenix(&cfg, &["logout"], &[]), &["logout"]);
     let yaml = std::fs::read_to_string(&cfg).unwrap();
-    assert!(!yaml.contains("t0k"), "{yaml}");
+    assert!(!yaml.contains(&token), "{yaml}");
     assert_ok(
         &phoenix(&cfg, &["login", "--token", "new-token"], &[]),
         &["login"],
@@ -808,4 +861,67 @@ fn recommendations_list_and_apply_cardinality_and_cost_flow() {
     let bad = env.run(&["cardinality", "--limit", "0"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(assert_one_error_line(&bad).contains("limit"));
+#[test]
+fn login_with_a_password_refreshes_on_401_and_logout_ends_the_session() {
+    let env = Env::start();
+    let cfg = env.config();
+    let context = |yaml: &str| -> Value {
+        let v: Value = serde_yaml::from_str(yaml).unwrap();
+        v["contexts"][0].clone()
+    };
+    let first = context(&std::fs::read_to_string(&cfg).unwrap());
+    assert_eq!(first["username"], ADMIN_USER);
+    let refresh = first["refresh_token"].as_str().unwrap().to_string();
+    assert!(refresh.starts_with("phr_"), "{first}");
+    // The context's server is enough now.
+    let out = phoenix(&cfg, &["experiment", "list"], &[]);
+    assert_ok(&out, &["list with the stored token"]);
+
+    // An access token the server refuses (as an expired one would be): the CLI refreshes,
+    // retries, and stores the new pair.
+    let yaml = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(first["token"].as_str().unwrap(), "expired-token");
+    std::fs::write(&cfg, yaml).unwrap();
+    let out = phoenix(&cfg, &["experiment", "list"], &[]);
+    assert_ok(&out, &["list after a refresh"]);
+    let second = context(&std::fs::read_to_string(&cfg).unwrap());
+    assert_ne!(second["token"], "expired-token");
+    assert_ne!(second["refresh_token"].as_str().unwrap(), refresh);
+
+    // Logout ends the session on the server: the stored access token stops working.
+    let access = second["token"].as_str().unwrap().to_string();
+    assert_ok(&phoenix(&cfg, &["logout"], &[]), &["logout"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{}/api/v1/auth/me", env.base))
+            .bearer_auth(&access)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 401);
+    let out = phoenix(&cfg, &["experiment", "list"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_one_error_line(&out);
+
+    // A wrong password: one line, exit 1, nothing stored.
+    let out = phoenix_with_stdin(
+        &cfg,
+        &["login", "--username", ADMIN_USER, "--password-stdin"],
+        &[],
+        "wrong-password\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = assert_one_error_line(&out);
+    assert!(err.contains("invalid username or password"), "{err}");
+    // No terminal and no --password-stdin: a usage error, not a hang.
+    let out = phoenix(&cfg, &["login", "--username", ADMIN_USER], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_one_error_line(&out);
+    // --token conflicts with --username.
+    let out = phoenix(&cfg, &["login", "--username", "x", "--token", "y"], &[]);
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -4,6 +4,7 @@
 //! Errors keep the API's `{ "error": { "code", "message", "details" } }` apart from failures
 //! to reach the server, so a caller can tell "the server said no" from "no server".
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -61,12 +62,24 @@ impl ClientError {
 
 pub type ClientResult<T> = Result<T, ClientError>;
 
-/// Connection to one API server, with an optional bearer token.
+/// Connection to one API server, with an optional bearer token (an access token or an API
+/// key) and, after a login, a refresh token: a request answered 401 is retried once after
+/// exchanging the refresh token for new tokens ([`Client::tokens`] has them).
 #[derive(Debug, Clone)]
 pub struct Client {
     base: String,
-    token: Option<String>,
+    tokens: Arc<Mutex<Tokens>>,
+    /// One refresh at a time: a refresh token is single use, and presenting it twice revokes
+    /// the session.
+    refreshing: Arc<tokio::sync::Mutex<()>>,
     http: reqwest::Client,
+}
+
+/// The credentials a [`Client`] holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tokens {
+    pub access: Option<String>,
+    pub refresh: Option<String>,
 }
 
 /// Query of `GET /api/v1/experiments`.
@@ -139,9 +152,64 @@ impl Client {
             })?;
         Ok(Self {
             base: trimmed,
-            token: token.filter(|t| !t.is_empty()),
+            tokens: Arc::new(Mutex::new(Tokens {
+                access: token.filter(|t| !t.is_empty()),
+                refresh: None,
+            })),
+            refreshing: Arc::new(tokio::sync::Mutex::new(())),
             http,
         })
+    }
+
+    /// Also hold a refresh token (from an earlier login), used when a request gets 401.
+    pub fn with_refresh_token(self, refresh: Option<String>) -> Self {
+        self.lock_tokens().refresh = refresh.filter(|t| !t.is_empty());
+        self
+    }
+
+    /// The credentials now held: after a refresh, not the ones the client started with.
+    pub fn tokens(&self) -> Tokens {
+        self.lock_tokens().clone()
+    }
+
+    fn lock_tokens(&self) -> std::sync::MutexGuard<'_, Tokens> {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Exchange the refresh token for new tokens, unless another request already did since
+    /// `failed_with` was refused. Whether there are new credentials to retry with.
+    async fn refresh_after_401(&self, failed_with: Option<&str>) -> bool {
+        let _one_at_a_time = self.refreshing.lock().await;
+        let current = self.tokens();
+        if current.access.as_deref() != failed_with {
+            return current.access.is_some();
+        }
+        let Some(refresh) = current.refresh else {
+            return false;
+        };
+        let path = "/api/v1/auth/refresh";
+        let sent = self
+            .http
+            .post(self.url(path))
+            .json(&serde_json::json!({ "refresh_token": refresh }))
+            .send()
+            .await;
+        let Ok(resp) = sent else { return false };
+        if !resp.status().is_success() {
+            // Spent or revoked: forget it, the user must log in again.
+            self.lock_tokens().refresh = None;
+            return false;
+        }
+        match resp.json::<LoginResponse>().await {
+            Ok(l) => {
+                *self.lock_tokens() = Tokens {
+                    access: Some(l.access_token),
+                    refresh: Some(l.refresh_token),
+                };
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     pub fn base_url(&self) -> &str {
@@ -159,19 +227,41 @@ impl Client {
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
         let rb = self.http.request(method, self.url(path));
-        match &self.token {
+        match self.tokens().access {
             Some(t) => rb.bearer_auth(t),
             None => rb,
         }
     }
 
     /// Send, map transport failures and error statuses, and return the successful response.
+    /// A 401 with a refresh token in hand is retried once with refreshed credentials.
     async fn send(&self, rb: RequestBuilder, path: &str) -> ClientResult<reqwest::Response> {
         let url = self.url(path);
-        let resp = rb.send().await.map_err(|e| ClientError::Unreachable {
+        let used = self.tokens().access;
+        let retry = rb.try_clone();
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
             url: url.clone(),
             reason: transport_reason(&e),
-        })?;
+        };
+        let mut resp = rb.send().await.map_err(unreachable)?;
+        if resp.status() == StatusCode::UNAUTHORIZED
+            && path != "/api/v1/auth/login"
+            && path != "/api/v1/auth/refresh"
+        {
+            if let Some(retry) = retry {
+                if self.refresh_after_401(used.as_deref()).await {
+                    let mut req = retry.build().map_err(unreachable)?;
+                    if let Some(t) = self.tokens().access {
+                        if let Ok(v) =
+                            reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+                        {
+                            req.headers_mut().insert(reqwest::header::AUTHORIZATION, v);
+                        }
+                    }
+                    resp = self.http.execute(req).await.map_err(unreachable)?;
+                }
+            }
+        }
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -194,6 +284,35 @@ impl Client {
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> ClientResult<T> {
         self.json(self.request(Method::GET, path), path).await
+    }
+
+    // --- authentication ----------------------------------------------------------------------
+
+    /// Log in; the client then holds the new tokens ([`Client::tokens`]).
+    pub async fn login(&self, username: &str, password: &str) -> ClientResult<LoginResponse> {
+        let path = "/api/v1/auth/login";
+        let body = serde_json::json!({ "username": username, "password": password });
+        let l: LoginResponse = self
+            .json(self.http.post(self.url(path)).json(&body), path)
+            .await?;
+        *self.lock_tokens() = Tokens {
+            access: Some(l.access_token.clone()),
+            refresh: Some(l.refresh_token.clone()),
+        };
+        Ok(l)
+    }
+
+    /// End the session on the server (its access and refresh tokens stop working).
+    pub async fn logout(&self) -> ClientResult<()> {
+        let path = "/api/v1/auth/logout";
+        self.send(self.request(Method::POST, path), path).await?;
+        *self.lock_tokens() = Tokens::default();
+        Ok(())
+    }
+
+    /// Who the server takes the caller for.
+    pub async fn me(&self) -> ClientResult<Me> {
+        self.get("/api/v1/auth/me").await
     }
 
     // --- experiments -----------------------------------------------------------------------

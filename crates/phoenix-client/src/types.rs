@@ -127,3 +127,32 @@ pub struct Ready {
     pub status: String,
     pub store: String,
 }
+
+/// `POST /api/v1/auth/login` and `/refresh`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LoginResponse {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: u64,
+    pub refresh_token: String,
+    pub refresh_expires_in: u64,
+    pub user: UserInfo,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UserInfo {
+    pub id: String,
+    pub username: String,
+    pub role: String,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+/// `GET /api/v1/auth/me`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Me {
+    pub id: String,
+    pub username: String,
+    pub role: String,
+    pub authenticated_by: String,
+}

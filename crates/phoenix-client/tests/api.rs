@@ -7,7 +7,7 @@ use std::time::Duration;
 use phoenix_client::{
     Client, ClientError, ExperimentListQuery, ExperimentPatch, NewExperiment, TaskListQuery,
 };
-use phoenix_e2e::api_on_sqlite;
+use phoenix_e2e::{api_on_sqlite, ADMIN_PASSWORD, ADMIN_USER};
 
 fn new_experiment(name: &str) -> NewExperiment {
     serde_json::from_value(serde_json::json!({
@@ -23,14 +23,25 @@ fn new_experiment(name: &str) -> NewExperiment {
 async fn typed_calls_round_trip_through_the_real_api() {
     let dir = tempfile::tempdir().unwrap();
     let (api, _db) = api_on_sqlite(dir.path(), &[]).await;
-    let c = Client::new(
-        &api.base(),
-        Some("not-checked-yet".into()),
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let c = Client::new(&api.base(), None, Duration::from_secs(10)).unwrap();
 
     assert_eq!(c.health().await.unwrap().status, "ok");
+    // Not logged in: the API refuses, and there is no refresh token to try.
+    match c.create_experiment(&new_experiment("anonymous")).await {
+        Err(ClientError::Api { status: 401, .. }) => {}
+        other => panic!("expected 401, got {other:?}"),
+    }
+    let login = c.login(ADMIN_USER, ADMIN_PASSWORD).await.unwrap();
+    assert_eq!(login.user.role, "admin");
+    assert_eq!(
+        c.tokens().refresh.as_deref(),
+        Some(login.refresh_token.as_str())
+    );
+    let me = c.me().await.unwrap();
+    assert_eq!(
+        (me.username.as_str(), me.authenticated_by.as_str()),
+        (ADMIN_USER, "session")
+    );
     assert_eq!(c.ready().await.unwrap().store, "sqlite");
     let doc = c.openapi().await.unwrap();
     assert!(doc["paths"]["/api/v1/experiments"].is_object());

@@ -9,6 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const ENROLL_TOKEN: &str = "e2e-enrollment-token-0123456789";
+/// The first admin of every API these tests start (`PHOENIX_ADMIN_PASSWORD`).
+pub const ADMIN_USER: &str = "admin";
+pub const ADMIN_PASSWORD: &str = "e2e-admin-password";
 
 /// Where the workspace's binaries are.
 pub fn bin_dir() -> PathBuf {
@@ -46,6 +49,8 @@ pub struct ApiProcess {
     pub child: Child,
     pub port: u16,
     pub log: PathBuf,
+    /// The admin's access token (logged in once the API is ready).
+    pub token: String,
 }
 
 impl ApiProcess {
@@ -71,6 +76,7 @@ impl ApiProcess {
             .arg("--data-dir")
             .arg(&data_dir)
             .env("PHOENIX_ENROLLMENT_TOKEN", ENROLL_TOKEN)
+            .env("PHOENIX_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env("PHOENIX_LOG_LEVEL", "info")
             .stdout(Stdio::null())
             .stderr(log_file);
@@ -78,13 +84,49 @@ impl ApiProcess {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        let p = ApiProcess { child, port, log };
+        let mut p = ApiProcess {
+            child,
+            port,
+            log,
+            token: String::new(),
+        };
         p.wait_ready(Duration::from_secs(30)).await;
+        p.token = p.login(ADMIN_USER, ADMIN_PASSWORD).await;
         p
     }
 
     pub fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Log in; the access token.
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        let res = reqwest::Client::new()
+            .post(format!("{}/api/v1/auth/login", self.base()))
+            .json(&serde_json::json!({ "username": username, "password": password }))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            res.status().is_success(),
+            "login as {username}: {}",
+            res.status()
+        );
+        let body: serde_json::Value = res.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// A client sending the admin's token on every request.
+    pub fn client(&self) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", self.token).parse().unwrap(),
+        );
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap()
     }
 
     pub async fn wait_ready(&self, within: Duration) {

@@ -24,34 +24,29 @@ fn outage() -> Duration {
     )
 }
 
-async fn post(url: String, body: Value) -> Value {
-    let response = reqwest::Client::new()
-        .post(&url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+async fn post(api: &ApiProcess, url: String, body: Value) -> Value {
+    let response = api.client().post(&url).json(&body).send().await.unwrap();
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);
     assert!(status.is_success(), "POST {url}: {status} {body}");
     body
 }
 
-async fn get(url: String) -> Option<Value> {
-    reqwest::get(&url).await.ok()?.json().await.ok()
+async fn get(api: &ApiProcess, url: String) -> Option<Value> {
+    api.client().get(&url).send().await.ok()?.json().await.ok()
 }
 
 async fn enqueue(api: &ApiProcess, task: Value) -> String {
-    let body = post(format!("{}/api/v1/tasks", api.base()), task).await;
+    let body = post(&api, format!("{}/api/v1/tasks", api.base()), task).await;
     body["task"]["id"].as_str().unwrap().to_string()
 }
 
 async fn task(api: &ApiProcess, id: &str) -> Option<Value> {
-    get(format!("{}/api/v1/tasks/{id}", api.base())).await
+    get(&api, format!("{}/api/v1/tasks/{id}", api.base())).await
 }
 
 async fn tasks(api: &ApiProcess) -> Vec<Value> {
-    get(format!("{}/api/v1/tasks?limit=500", api.base()))
+    get(&api, format!("{}/api/v1/tasks?limit=500", api.base()))
         .await
         .and_then(|v| v["items"].as_array().cloned())
         .unwrap_or_default()
@@ -59,6 +54,7 @@ async fn tasks(api: &ApiProcess) -> Vec<Value> {
 
 async fn start_experiment(api: &ApiProcess, hosts: &[&str], duration_seconds: u64) -> String {
     let exp = post(
+        &api,
         format!("{}/api/v1/experiments", api.base()),
         json!({
             "name": "e2e", "baseline_pipeline": "baseline", "candidate_pipeline": "adaptive",
@@ -68,6 +64,7 @@ async fn start_experiment(api: &ApiProcess, hosts: &[&str], duration_seconds: u6
     .await;
     let id = exp["id"].as_str().unwrap().to_string();
     post(
+        &api,
         format!("{}/api/v1/experiments/{id}/start", api.base()),
         json!({}),
     )
@@ -340,7 +337,7 @@ async fn a_silent_agent_loses_its_task_to_another_agent_and_shows_offline() {
         "the silent agent shown offline",
         Duration::from_secs(30),
         || async {
-            let fleet = get(format!("{}/api/v1/fleet/status", api.base())).await?;
+            let fleet = get(&api, format!("{}/api/v1/fleet/status", api.base())).await?;
             let agents = fleet["agents"].as_array()?;
             let silent = agents.iter().find(|a| a["host_id"] == "silent-1")?;
             let live = agents.iter().find(|a| a["host_id"] == "silent-2")?;
@@ -669,7 +666,8 @@ async fn enqueue_with_retry(api: &ApiProcess, task: Value) -> String {
     wait_for("the task accepted", Duration::from_secs(60), || {
         let task = task.clone();
         async move {
-            let response = reqwest::Client::new()
+            let response = api
+                .client()
                 .post(format!("{}/api/v1/tasks", api.base()))
                 .json(&task)
                 .send()
@@ -738,7 +736,7 @@ async fn bad_tasks_fail_with_a_reason_and_the_running_pipeline_stays() {
     );
     let experiment = start_experiment(&api, &["bad-agent"], 600).await;
     let candidate_processors = || async {
-        let fleet = get(format!("{}/api/v1/fleet/status", api.base())).await?;
+        let fleet = get(&api, format!("{}/api/v1/fleet/status", api.base())).await?;
         let agent = fleet["agents"].as_array()?.first()?.clone();
         agent["running_pipelines"]
             .as_array()?
@@ -823,7 +821,7 @@ async fn split_mode_promotion_and_rollback_change_what_runs_on_the_host() {
             .env("PHOENIX_AGENT_LABELS", "{cluster=eu-1}"),
     );
     let running = || async {
-        let fleet = get(format!("{}/api/v1/fleet/status", api.base())).await?;
+        let fleet = get(&api, format!("{}/api/v1/fleet/status", api.base())).await?;
         let agent = fleet["agents"].as_array()?.first()?.clone();
         let names: Vec<String> = agent["running_pipelines"]
             .as_array()?
@@ -840,6 +838,7 @@ async fn split_mode_promotion_and_rollback_change_what_runs_on_the_host() {
         Some((names, agent["labels"].clone()))
     };
     let exp = post(
+        &api,
         format!("{}/api/v1/experiments", api.base()),
         json!({"name": "split", "baseline_pipeline": "baseline", "candidate_pipeline": "topk",
                "target_hosts": ["split-agent"], "mode": "split", "candidate_share_percent": 50,
@@ -848,6 +847,7 @@ async fn split_mode_promotion_and_rollback_change_what_runs_on_the_host() {
     .await;
     let id = exp["id"].as_str().unwrap().to_string();
     post(
+        &api,
         format!("{}/api/v1/experiments/{id}/start", api.base()),
         json!({}),
     )
@@ -884,6 +884,7 @@ async fn split_mode_promotion_and_rollback_change_what_runs_on_the_host() {
     assert_eq!(start["result"]["outcome"], "promoted", "{start}");
 
     post(
+        &api,
         format!("{}/api/v1/experiments/{id}/rollback", api.base()),
         json!({}),
     )

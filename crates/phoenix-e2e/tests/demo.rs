@@ -11,7 +11,7 @@ async fn seeded_demo_experiment_can_be_started_stopped_and_listed() {
     std::fs::create_dir_all(&dir).unwrap();
     let url = format!("sqlite://{}", dir.join("phoenix.db").display());
     let api = ApiProcess::start(&url, &[("PHOENIX_SEED_DEMO", "true")]).await;
-    let c = reqwest::Client::new();
+    let c = api.client();
     let list: Value = c
         .get(format!("{}/api/v1/experiments", api.base()))
         .send()
@@ -55,6 +55,7 @@ async fn seeded_demo_experiment_can_be_started_stopped_and_listed() {
     // Restarting on the same file does not seed a second experiment.
     drop(api);
     let api = ApiProcess::start(&url, &[("PHOENIX_SEED_DEMO", "true")]).await;
+    let c = api.client();
     let list: Value = c
         .get(format!("{}/api/v1/experiments", api.base()))
         .send()

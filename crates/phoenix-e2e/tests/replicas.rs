@@ -45,7 +45,8 @@ async fn task_enqueued_on_one_replica_reaches_a_long_poll_on_the_other() {
         // Give the poll time to park on replica B (the test is correct either way: a poll
         // that arrives after the enqueue claims at once).
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let res = client
+        let res = a
+            .client()
             .post(format!("{}/api/v1/tasks", a.base()))
             .json(&json!({ "type": "health", "host_id": "replica-agent", "payload": { "round": round } }))
             .send()

@@ -25,6 +25,10 @@ pub struct Args {
     /// The API's enrollment token.
     #[arg(long, env = "PHOENIX_ENROLLMENT_TOKEN", hide_env_values = true)]
     pub enroll_token: String,
+    /// An admin's access token or API key, sent with the task enqueues
+    /// (`POST /api/v1/tasks` is an admin route).
+    #[arg(long, env = "PHOENIX_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
     /// Each agent heartbeats once per interval; agents are spread uniformly over it.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
@@ -102,6 +106,7 @@ impl Args {
             api,
             agents: self.agents,
             enroll_token: self.enroll_token.clone(),
+            api_token: self.api_token.clone().filter(|t| !t.is_empty()),
             heartbeat_interval: self.heartbeat_interval,
             enqueue_rate_per_second: self.enqueue_rate,
             duration: self.duration,

@@ -41,6 +41,8 @@ pub struct SimConfig {
     pub api: Url,
     pub agents: usize,
     pub enroll_token: String,
+    /// Sent as `Authorization: Bearer` with task enqueues.
+    pub api_token: Option<String>,
     pub heartbeat_interval: Duration,
     pub enqueue_rate_per_second: f64,
     pub duration: Duration,
@@ -626,7 +628,11 @@ impl Shared {
                 "sent_at_unix_ns": self.unix_ns(sent),
             },
         });
-        match call(self.shared_client.post(self.urls.tasks.clone()).json(&body)).await {
+        let mut request = self.shared_client.post(self.urls.tasks.clone()).json(&body);
+        if let Some(token) = &self.cfg.api_token {
+            request = request.bearer_auth(token);
+        }
+        match call(request).await {
             Ok((status, _)) => {
                 self.latencies.enqueue_http.record(sent.elapsed());
                 if status == StatusCode::CREATED {

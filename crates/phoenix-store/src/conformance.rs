@@ -101,6 +101,12 @@ macro_rules! conformance_suite {
             agent_presence_flips_are_reported_once,
             label_stats_keep_each_hosts_latest_and_are_swept_with_kpis,
             latest_kpi_batch_per_host_by_variant_and_experiment,
+            // authentication (conformance/auth.rs)
+            users_round_trip_and_usernames_are_unique,
+            refresh_tokens_rotate_once_and_reuse_revokes_the_family,
+            concurrent_refreshes_of_one_token_rotate_it_once,
+            api_keys_round_trip_touch_and_revoke,
+            enrollment_tokens_count_uses_and_refuse_expired_exhausted_or_revoked,
         );
     };
     (@tests $factory:expr; $($test:ident),* $(,)?) => {
@@ -113,6 +119,9 @@ macro_rules! conformance_suite {
         )*
     };
 }
+
+mod auth;
+pub use auth::*;
 
 // ---- helpers ----
 

@@ -38,6 +38,9 @@ pub enum StoreError {
     Database(#[source] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A unique name is taken (a username).
+    #[error("{entity} {id} already exists")]
+    AlreadyExists { entity: &'static str, id: String },
 }
 
 impl StoreError {

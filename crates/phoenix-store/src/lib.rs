@@ -21,6 +21,7 @@ use phoenix_core::{
     Task, TaskId, TaskStatus, Variant,
 };
 
+pub mod auth;
 mod common;
 #[cfg(feature = "testsuite")]
 pub mod conformance;
@@ -29,6 +30,10 @@ pub mod postgres;
 pub mod sqlite;
 mod topic_events;
 
+pub use auth::{
+    ApiKeyRecord, AuthStore, EnrollmentTokenRecord, EnrollmentTokenUse, RefreshOutcome, Role,
+    SessionRecord, UserPatch, UserRecord,
+};
 pub use error::StoreError;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -210,7 +215,7 @@ pub type WakeupStream = Pin<Box<dyn Stream<Item = Wakeup> + Send>>;
 /// Everything Phoenix persists. Implementations must be safe to share between tasks and, for
 /// PostgreSQL, between API processes on one database.
 #[async_trait]
-pub trait Store: Send + Sync + Debug + 'static {
+pub trait Store: AuthStore + Send + Sync + Debug + 'static {
     fn backend(&self) -> Backend;
 
     /// Reachability check for `/ready`.

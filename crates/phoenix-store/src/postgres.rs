@@ -36,6 +36,8 @@ use crate::{
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Connections per API process. Long-polls never hold one while they wait.
+mod auth;
+
 const MAX_CONNECTIONS: u32 = 16;
 /// Connections for writes that need not wait for durability (heartbeats, `running`
 /// reports, claims of targeted tasks).

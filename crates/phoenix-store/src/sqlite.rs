@@ -35,6 +35,8 @@ use crate::{
     TaskQuery, TaskStatusUpdate, TransitionOutcome, WakeupStream,
 };
 
+mod auth;
+
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// How long a statement waits for SQLite's file lock (only another process can hold it).

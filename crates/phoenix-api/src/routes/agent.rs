@@ -66,15 +66,20 @@ pub struct EnrollRequest {
     responses(
         (status = 200, body = Enrollment),
         (status = 400, body = ErrorBody),
-        (status = 401, description = "wrong enrollment token, or agent revoked", body = ErrorBody),
+        (status = 401, description = "unknown, expired, used-up or revoked enrollment token, or agent revoked", body = ErrorBody),
     ))]
 pub async fn enroll(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<EnrollRequest>,
 ) -> ApiResult<Json<Enrollment>> {
-    Ok(Json(
-        s.service.enroll(req.host_id, &req.enrollment_token).await?,
-    ))
+    // The bootstrap token, else one issued at /api/v1/enrollment-tokens (counted).
+    if !s.service.bootstrap_token_matches(&req.enrollment_token) {
+        s.auth
+            .use_enrollment_token(&req.enrollment_token)
+            .await
+            .map_err(ApiError::unauthorized)?;
+    }
+    Ok(Json(s.service.enroll_checked(req.host_id).await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

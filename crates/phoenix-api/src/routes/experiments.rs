@@ -14,6 +14,7 @@ use phoenix_core::{
 use phoenix_store::{ExperimentQuery, TransitionOutcome};
 
 use crate::app::AppState;
+use crate::auth::{require_owner, Principal};
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{parse_path_id, ApiJson, ApiPath, ApiQuery, OptionalJson};
 use crate::routes::{page_limit, ListResponse};
@@ -31,15 +32,20 @@ pub struct ListParams {
 #[utoipa::path(post, path = "/api/v1/experiments", tag = "experiments",
     request_body = NewExperiment,
     responses(
-        (status = 201, description = "created, pending", body = Experiment),
+        (status = 201, description = "created, pending; the caller is its owner", body = Experiment),
         (status = 400, description = "invalid field", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),
     ))]
 pub async fn create(
     State(s): State<AppState>,
-    ApiJson(new): ApiJson<NewExperiment>,
+    who: Principal,
+    ApiJson(mut new): ApiJson<NewExperiment>,
 ) -> ApiResult<impl IntoResponse> {
+    // The creator owns it; only an admin may name another owner.
+    if !(who.is_admin() && new.owner.is_some()) {
+        new.owner = Some(who.username.clone());
+    }
     let exp = s.service.create_experiment(new).await?;
     Ok((StatusCode::CREATED, Json(exp)))
 }
@@ -87,10 +93,12 @@ pub async fn get(
     ))]
 pub async fn update(
     State(s): State<AppState>,
+    who: Principal,
     ApiPath(id): ApiPath<String>,
     ApiJson(patch): ApiJson<ExperimentPatch>,
 ) -> ApiResult<Json<Experiment>> {
     let id: ExperimentId = parse_path_id("id", &id)?;
+    require_owner(&s, &who, id).await?;
     Ok(Json(s.service.update_experiment(id, patch).await?))
 }
 
@@ -103,9 +111,11 @@ pub async fn update(
     ))]
 pub async fn delete(
     State(s): State<AppState>,
+    who: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     let id: ExperimentId = parse_path_id("id", &id)?;
+    require_owner(&s, &who, id).await?;
     s.service.delete_experiment(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -157,9 +167,11 @@ fn reason(body: Option<ActionRequest>) -> ApiResult<Option<String>> {
     ))]
 pub async fn start(
     State(s): State<AppState>,
+    who: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<TransitionResponse>> {
     let id: ExperimentId = parse_path_id("id", &id)?;
+    require_owner(&s, &who, id).await?;
     Ok(Json(s.service.start_experiment(id).await?.into()))
 }
 
@@ -173,10 +185,12 @@ pub async fn start(
     ))]
 pub async fn stop(
     State(s): State<AppState>,
+    who: Principal,
     ApiPath(id): ApiPath<String>,
     OptionalJson(body): OptionalJson<ActionRequest>,
 ) -> ApiResult<Json<TransitionResponse>> {
     let id: ExperimentId = parse_path_id("id", &id)?;
+    require_owner(&s, &who, id).await?;
     Ok(Json(
         s.service.stop_experiment(id, reason(body)?).await?.into(),
     ))
@@ -192,10 +206,12 @@ pub async fn stop(
     ))]
 pub async fn rollback(
     State(s): State<AppState>,
+    who: Principal,
     ApiPath(id): ApiPath<String>,
     OptionalJson(body): OptionalJson<ActionRequest>,
 ) -> ApiResult<Json<TransitionResponse>> {
     let id: ExperimentId = parse_path_id("id", &id)?;
+    require_owner(&s, &who, id).await?;
     Ok(Json(
         s.service
             .rollback_experiment(id, reason(body)?)

@@ -2,12 +2,16 @@
 
 pub mod agent;
 pub mod analysis;
+pub mod api_keys;
+pub mod auth;
 pub mod deployments;
+pub mod enrollment_tokens;
 pub mod experiments;
 pub mod ops;
 pub mod recommendations;
 pub mod tasks;
 pub mod templates;
+pub mod users;
 
 use serde::Serialize;
 use utoipa::ToSchema;

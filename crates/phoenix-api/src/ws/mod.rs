@@ -47,12 +47,10 @@ pub struct Principal {
     pub subject: String,
 }
 
-/// The one place a WebSocket client's token is checked.
-///
-/// Until user authentication (JWTs, API keys, roles: `auth/`) is wired in here, the token must
-/// equal the configured `ws_token`, or, when none is configured, the enrollment token (the
-/// secret the operator gave the agents): both are secrets only operators hold, compared in
-/// constant time.
+/// The one place a WebSocket client's token is checked: a user's access token or an API key
+/// (any role may read events: the hub only publishes what `viewer` may `GET`), or the
+/// configured `ws_token`, a static secret for tools such as `phoenix-load-ws`, compared in
+/// constant time. An agent's secret or the enrollment token is not a user credential.
 pub async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Principal, ApiError> {
     use subtle::ConstantTimeEq;
     let Some(token) = token.filter(|t| !t.is_empty()) else {
@@ -60,16 +58,19 @@ pub async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Princ
             "missing token: send `Authorization: Bearer <token>`, `?access_token=<token>`, or a first message {\"type\":\"auth\",\"token\":…}",
         ));
     };
-    let accepted = match &state.config.ws_token {
-        Some(expected) => bool::from(token.as_bytes().ct_eq(expected.as_bytes())),
-        None => state.service.enrollment_token_matches(token),
-    };
-    if accepted {
-        Ok(Principal {
-            subject: "operator".into(),
-        })
-    } else {
-        Err(ApiError::unauthorized("invalid token"))
+    if let Some(expected) = &state.config.ws_token {
+        if bool::from(token.as_bytes().ct_eq(expected.as_bytes())) {
+            return Ok(Principal {
+                subject: "ws_token".into(),
+            });
+        }
+    }
+    match state.auth.authenticate(token).await {
+        Ok(p) => Ok(Principal {
+            subject: p.username,
+        }),
+        Err(crate::auth::AuthError::Unauthorized(_)) => Err(ApiError::unauthorized("invalid token")),
+        Err(other) => Err(other.into()),
     }
 }
 

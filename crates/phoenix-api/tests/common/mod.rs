@@ -42,10 +42,20 @@ macro_rules! on_both_backends {
 }
 
 pub const ENROLL_TOKEN: &str = "test-enrollment-token-0123456789";
+pub const ADMIN_USER: &str = "admin";
+pub const ADMIN_PASSWORD: &str = "test-admin-password";
+/// The HS256 key of the test servers (so tests can forge tokens with it and without it).
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123456789";
 
 pub struct TestServer {
     pub base: String,
+    /// Sends the first admin's access token on every request (a default header): what
+    /// every test not about authorization uses.
     pub client: Client,
+    /// No credentials.
+    pub anon: Client,
+    /// The admin's tokens as login answered them.
+    pub admin_login: Value,
     pub state: AppState,
     shutdown: CancellationToken,
     _dir: Option<tempfile::TempDir>,
@@ -63,6 +73,12 @@ pub fn test_config() -> Config {
         enrollment_token: Some(ENROLL_TOKEN.to_string()),
         listen: "127.0.0.1:0".parse().unwrap(),
         analysis_tick_interval: std::time::Duration::from_millis(200),
+        admin_password: Some(ADMIN_PASSWORD.to_string()),
+        jwt_secret: Some(JWT_SECRET.to_string()),
+        // Tests fire requests faster than any person: no limits unless a test sets them.
+        rate_limit_per_second: 0.0,
+        anonymous_rate_limit_per_second: 0.0,
+        agent_rate_limit_per_second: 0.0,
         ..Config::default()
     }
 }
@@ -121,7 +137,10 @@ pub async fn start_pg() -> TestServer {
 }
 
 pub async fn start_pg_at(url: &str, db_name: Option<String>) -> TestServer {
-    let mut config = test_config();
+    start_pg_with(test_config(), url, db_name).await
+}
+
+pub async fn start_pg_with(mut config: Config, url: &str, db_name: Option<String>) -> TestServer {
     config.database_url = Some(url.to_string());
     let store = phoenix_store::connect(url).await.unwrap();
     serve(config, store, Arc::new(SystemClock), None, db_name).await
@@ -142,14 +161,23 @@ async fn serve(
     let router = phoenix_api::router(state.clone());
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-            .unwrap();
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .unwrap();
     });
+    let base = format!("http://{addr}");
+    let anon = Client::builder().build().unwrap();
+    let admin_login = login(&anon, &base, ADMIN_USER, ADMIN_PASSWORD).await;
+    let token = admin_login["access_token"].as_str().unwrap();
     TestServer {
-        base: format!("http://{addr}"),
-        client: Client::builder().build().unwrap(),
+        base,
+        client: bearer_client(token),
+        anon,
+        admin_login,
         state,
         shutdown,
         _dir: dir,
@@ -157,7 +185,43 @@ async fn serve(
     }
 }
 
+/// Log in; the tokens as the API answered them.
+pub async fn login(client: &Client, base: &str, username: &str, password: &str) -> Value {
+    let res = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({ "username": username, "password": password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "login as {username}");
+    res.json().await.unwrap()
+}
+
+/// A client that sends `Authorization: Bearer <token>` on every request.
+pub fn bearer_client(token: &str) -> Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    Client::builder().default_headers(headers).build().unwrap()
+}
+
 impl TestServer {
+    /// Create a user with `role` (as the admin) and log it in: a client sending its token.
+    pub async fn user_client(&self, username: &str, role: &str) -> Client {
+        let password = format!("{username}-password");
+        let res = self
+            .post(
+                "/api/v1/users",
+                json!({ "username": username, "password": password, "role": role }),
+            )
+            .await;
+        assert_eq!(res.status(), 201, "create user {username}");
+        let tokens = login(&self.anon, &self.base, username, &password).await;
+        bearer_client(tokens["access_token"].as_str().unwrap())
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
