@@ -37,16 +37,16 @@ async fn get(api: &ApiProcess, url: String) -> Option<Value> {
 }
 
 async fn enqueue(api: &ApiProcess, task: Value) -> String {
-    let body = post(&api, format!("{}/api/v1/tasks", api.base()), task).await;
+    let body = post(api, format!("{}/api/v1/tasks", api.base()), task).await;
     body["task"]["id"].as_str().unwrap().to_string()
 }
 
 async fn task(api: &ApiProcess, id: &str) -> Option<Value> {
-    get(&api, format!("{}/api/v1/tasks/{id}", api.base())).await
+    get(api, format!("{}/api/v1/tasks/{id}", api.base())).await
 }
 
 async fn tasks(api: &ApiProcess) -> Vec<Value> {
-    get(&api, format!("{}/api/v1/tasks?limit=500", api.base()))
+    get(api, format!("{}/api/v1/tasks?limit=500", api.base()))
         .await
         .and_then(|v| v["items"].as_array().cloned())
         .unwrap_or_default()
@@ -54,7 +54,7 @@ async fn tasks(api: &ApiProcess) -> Vec<Value> {
 
 async fn start_experiment(api: &ApiProcess, hosts: &[&str], duration_seconds: u64) -> String {
     let exp = post(
-        &api,
+        api,
         format!("{}/api/v1/experiments", api.base()),
         json!({
             "name": "e2e", "baseline_pipeline": "baseline", "candidate_pipeline": "adaptive",
@@ -64,7 +64,7 @@ async fn start_experiment(api: &ApiProcess, hosts: &[&str], duration_seconds: u6
     .await;
     let id = exp["id"].as_str().unwrap().to_string();
     post(
-        &api,
+        api,
         format!("{}/api/v1/experiments/{id}/start", api.base()),
         json!({}),
     )
