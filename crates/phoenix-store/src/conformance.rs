@@ -2376,79 +2376,6 @@ pub async fn topic_events_are_numbered_per_topic_and_listed_after_a_seq(store: S
                 NewTopicEvent::new("fleet", "agent_online", json!({"host_id": "a"})),
                 NewTopicEvent::new("experiments", "created", json!({"n": 1})),
                 NewTopicEvent::new("fleet", "agent_online", json!({"host_id": "b"})),
-// ---- label statistics and per-host latest KPIs ----
-
-pub async fn label_stats_keep_each_hosts_latest_and_are_swept_with_kpis(store: SharedStore) {
-    let (a, b) = (host("node-a"), host("node-b"));
-    let report = |n: u64| json!({"breakdown_labels": ["namespace"], "metrics": [{"metric": "m", "series": n}]});
-    store
-        .put_label_stats(&a, t0() + Duration::seconds(60), &report(1), t0())
-        .await
-        .unwrap();
-    store
-        .put_label_stats(
-            &a,
-            t0() + Duration::seconds(120),
-            &report(2),
-            t0() + Duration::seconds(2),
-        )
-        .await
-        .unwrap();
-    // A replayed older interval does not replace the newer report.
-    store
-        .put_label_stats(
-            &a,
-            t0() + Duration::seconds(60),
-            &report(3),
-            t0() + Duration::seconds(3),
-        )
-        .await
-        .unwrap();
-    store
-        .put_label_stats(
-            &b,
-            t0() + Duration::seconds(60),
-            &report(7),
-            t0() + Duration::seconds(100),
-        )
-        .await
-        .unwrap();
-    let all = store.list_label_stats(t0()).await.unwrap();
-    assert_eq!(all.len(), 2);
-    assert_eq!(all[0].host_id, a);
-    assert_eq!(all[0].stats, report(2));
-    assert_eq!(all[0].interval_end, t0() + Duration::seconds(120));
-    assert_eq!(all[0].received_at, t0() + Duration::seconds(2));
-    assert_eq!(all[1].stats, report(7));
-    // `since` filters by reception; the sweep deletes what the KPI retention deletes.
-    let recent = store
-        .list_label_stats(t0() + Duration::seconds(50))
-        .await
-        .unwrap();
-    assert_eq!(recent.len(), 1);
-    assert_eq!(recent[0].host_id, b);
-    store
-        .sweep_telemetry(t0() + Duration::seconds(50))
-        .await
-        .unwrap();
-    let left = store.list_label_stats(t0()).await.unwrap();
-    assert_eq!(left.len(), 1);
-    assert_eq!(left[0].host_id, b);
-}
-
-pub async fn latest_kpi_batch_per_host_by_variant_and_experiment(store: SharedStore) {
-    let (e1, e2) = (ExperimentId::new(), ExperimentId::new());
-    let (a, b) = (host("node-a"), host("node-b"));
-    let mut steady = kpi(e1, Variant::Baseline, 300, 500, 500);
-    steady.experiment_id = None;
-    store
-        .insert_kpi_batches(
-            &a,
-            &[
-                kpi(e1, Variant::Baseline, 60, 1000, 1000),
-                kpi(e1, Variant::Candidate, 60, 1000, 200),
-                kpi(e1, Variant::Candidate, 120, 1000, 150),
-                steady.clone(),
             ],
             t0(),
         )
@@ -2485,43 +2412,6 @@ pub async fn latest_kpi_batch_per_host_by_variant_and_experiment(store: SharedSt
         .is_empty());
     assert!(store
         .list_topic_events("kpis/none", 0, 100)
-    store
-        .insert_kpi_batches(
-            &b,
-            &[
-                kpi(e1, Variant::Candidate, 60, 900, 100),
-                kpi(e2, Variant::Candidate, 240, 800, 80),
-            ],
-            t0(),
-        )
-        .await
-        .unwrap();
-    let latest = store
-        .latest_kpi_batches_by_host(Variant::Candidate, Some(e1), t0())
-        .await
-        .unwrap();
-    let got: Vec<(String, u64)> = latest
-        .iter()
-        .map(|k| (k.host_id.to_string(), k.batch.values.output_series))
-        .collect();
-    assert_eq!(
-        got,
-        [("node-a".to_string(), 150), ("node-b".to_string(), 100)]
-    );
-    // Without an experiment: each host's newest batch of the variant, whatever it belongs to.
-    let any = store
-        .latest_kpi_batches_by_host(Variant::Candidate, None, t0())
-        .await
-        .unwrap();
-    assert_eq!(any[1].batch.experiment_id, Some(e2));
-    let baseline = store
-        .latest_kpi_batches_by_host(Variant::Baseline, None, t0())
-        .await
-        .unwrap();
-    assert_eq!(baseline.len(), 1);
-    assert_eq!(baseline[0].batch, steady);
-    assert!(store
-        .latest_kpi_batches_by_host(Variant::Baseline, None, t0() + Duration::seconds(1))
         .await
         .unwrap()
         .is_empty());
@@ -2666,4 +2556,124 @@ pub async fn agent_presence_flips_are_reported_once(store: SharedStore) {
             .unwrap(),
         vec![(a, false)]
     );
+}
+
+// ---- label statistics and per-host latest KPIs ----
+
+pub async fn label_stats_keep_each_hosts_latest_and_are_swept_with_kpis(store: SharedStore) {
+    let (a, b) = (host("node-a"), host("node-b"));
+    let report = |n: u64| json!({"breakdown_labels": ["namespace"], "metrics": [{"metric": "m", "series": n}]});
+    store
+        .put_label_stats(&a, t0() + Duration::seconds(60), &report(1), t0())
+        .await
+        .unwrap();
+    store
+        .put_label_stats(
+            &a,
+            t0() + Duration::seconds(120),
+            &report(2),
+            t0() + Duration::seconds(2),
+        )
+        .await
+        .unwrap();
+    // A replayed older interval does not replace the newer report.
+    store
+        .put_label_stats(
+            &a,
+            t0() + Duration::seconds(60),
+            &report(3),
+            t0() + Duration::seconds(3),
+        )
+        .await
+        .unwrap();
+    store
+        .put_label_stats(
+            &b,
+            t0() + Duration::seconds(60),
+            &report(7),
+            t0() + Duration::seconds(100),
+        )
+        .await
+        .unwrap();
+    let all = store.list_label_stats(t0()).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].host_id, a);
+    assert_eq!(all[0].stats, report(2));
+    assert_eq!(all[0].interval_end, t0() + Duration::seconds(120));
+    assert_eq!(all[0].received_at, t0() + Duration::seconds(2));
+    assert_eq!(all[1].stats, report(7));
+    // `since` filters by reception; the sweep deletes what the KPI retention deletes.
+    let recent = store
+        .list_label_stats(t0() + Duration::seconds(50))
+        .await
+        .unwrap();
+    assert_eq!(recent.len(), 1);
+    assert_eq!(recent[0].host_id, b);
+    store
+        .sweep_telemetry(t0() + Duration::seconds(50))
+        .await
+        .unwrap();
+    let left = store.list_label_stats(t0()).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].host_id, b);
+}
+
+pub async fn latest_kpi_batch_per_host_by_variant_and_experiment(store: SharedStore) {
+    let (e1, e2) = (ExperimentId::new(), ExperimentId::new());
+    let (a, b) = (host("node-a"), host("node-b"));
+    let mut steady = kpi(e1, Variant::Baseline, 300, 500, 500);
+    steady.experiment_id = None;
+    store
+        .insert_kpi_batches(
+            &a,
+            &[
+                kpi(e1, Variant::Baseline, 60, 1000, 1000),
+                kpi(e1, Variant::Candidate, 60, 1000, 200),
+                kpi(e1, Variant::Candidate, 120, 1000, 150),
+                steady.clone(),
+            ],
+            t0(),
+        )
+        .await
+        .unwrap();
+    store
+        .insert_kpi_batches(
+            &b,
+            &[
+                kpi(e1, Variant::Candidate, 60, 900, 100),
+                kpi(e2, Variant::Candidate, 240, 800, 80),
+            ],
+            t0(),
+        )
+        .await
+        .unwrap();
+    let latest = store
+        .latest_kpi_batches_by_host(Variant::Candidate, Some(e1), t0())
+        .await
+        .unwrap();
+    let got: Vec<(String, u64)> = latest
+        .iter()
+        .map(|k| (k.host_id.to_string(), k.batch.values.output_series))
+        .collect();
+    assert_eq!(
+        got,
+        [("node-a".to_string(), 150), ("node-b".to_string(), 100)]
+    );
+    // Without an experiment: each host's newest batch of the variant, whatever it belongs to.
+    let any = store
+        .latest_kpi_batches_by_host(Variant::Candidate, None, t0())
+        .await
+        .unwrap();
+    assert_eq!(any[1].batch.experiment_id, Some(e2));
+    let baseline = store
+        .latest_kpi_batches_by_host(Variant::Baseline, None, t0())
+        .await
+        .unwrap();
+    assert_eq!(baseline.len(), 1);
+    assert_eq!(baseline[0].batch, steady);
+    assert!(store
+        .latest_kpi_batches_by_host(Variant::Baseline, None, t0() + Duration::seconds(1))
+        .await
+        .unwrap()
+        .is_empty());
 }
