@@ -279,6 +279,7 @@ impl Settings {
                     problem: format!("{} is not a readable file", ca.display()),
                 });
             }
+        }
         if self.label_stats_max_metrics == 0 || self.label_stats_max_metrics > 5_000 {
             return Err(invalid(
                 "label_stats_max_metrics",

@@ -49,7 +49,11 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/metrics/cost-flow", "viewer"),
     ("GET", "/api/v1/cost-flow", "viewer"),
     ("GET", "/api/v1/recommendations", "viewer"),
-    ("POST", "/api/v1/recommendations/{id}/experiment", "operator"),
+    (
+        "POST",
+        "/api/v1/recommendations/{id}/experiment",
+        "operator",
+    ),
     ("POST", "/api/v1/agent/enroll", "enroll"),
     ("GET", "/api/v1/agent/tasks", "agent"),
     ("POST", "/api/v1/agent/tasks/{id}/status", "agent"),

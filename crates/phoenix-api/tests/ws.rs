@@ -50,7 +50,7 @@ async fn start_sqlite() -> TestServer {
 
 async fn start_pg() -> TestServer {
     let (url, name) = create_pg_database().await;
-    start_pg_with(&url, Some(name), ws_config()).await
+    start_pg_with(ws_config(), &url, Some(name)).await
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -588,8 +588,8 @@ async fn fleet_and_kpi_topics_carry_summaries(s: &TestServer) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_published_on_one_replica_reach_clients_of_another() {
     let (url, name) = create_pg_database().await;
-    let a = start_pg_with(&url, None, ws_config()).await;
-    let b = start_pg_with(&url, None, ws_config()).await;
+    let a = start_pg_with(ws_config(), &url, None).await;
+    let b = start_pg_with(ws_config(), &url, None).await;
 
     let mut on_b = Ws::open(&b).await;
     on_b.subscribe("experiments", None).await;

@@ -863,6 +863,8 @@ fn recommendations_list_and_apply_cardinality_and_cost_flow() {
     let bad = env.run(&["cardinality", "--limit", "0"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(assert_one_error_line(&bad).contains("limit"));
+}
+
 #[test]
 fn login_with_a_password_refreshes_on_401_and_logout_ends_the_session() {
     let env = Env::start();

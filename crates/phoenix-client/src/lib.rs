@@ -216,9 +216,9 @@ impl Client {
         &self.base
     }
 
-    /// The bearer token, if any.
-    pub fn token(&self) -> Option<&str> {
-        self.token.as_deref()
+    /// The current access token (or API key), if any.
+    pub fn token(&self) -> Option<String> {
+        self.tokens().access
     }
 
     fn url(&self, path: &str) -> String {

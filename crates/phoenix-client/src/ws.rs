@@ -102,7 +102,7 @@ impl Client {
             return Err(ClientError::Api {
                 status: 401,
                 code: "unauthorized".into(),
-                message: "the event stream needs a token: phoenix login --token …".into(),
+                message: "the event stream needs a token: run `phoenix login`".into(),
                 details: Value::Null,
             });
         };

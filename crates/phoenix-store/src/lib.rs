@@ -568,6 +568,7 @@ pub trait Store: AuthStore + Send + Sync + Debug + 'static {
     /// Events appended by any API process on the same database (PostgreSQL `LISTEN/NOTIFY`),
     /// or `None` where there is only one process (SQLite).
     async fn topic_event_notices(&self) -> Result<Option<TopicNoticeStream>>;
+
     // ---- label statistics and per-host latest KPIs (cardinality, cost flow, recommendations) ----
 
     /// Keep `stats` as `host`'s latest label statistics; a report for an interval older than

@@ -1929,6 +1929,8 @@ impl Store for PgStore {
         Ok(Some(
             crate::topic_events::pg_notices(self.options.clone()).await,
         ))
+    }
+
     async fn put_label_stats(
         &self,
         host: &HostId,

@@ -1702,6 +1702,8 @@ impl Store for SqliteStore {
 
     async fn topic_event_notices(&self) -> Result<Option<crate::TopicNoticeStream>> {
         Ok(None)
+    }
+
     async fn put_label_stats(
         &self,
         host: &HostId,

@@ -69,7 +69,9 @@ pub async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Princ
         Ok(p) => Ok(Principal {
             subject: p.username,
         }),
-        Err(crate::auth::AuthError::Unauthorized(_)) => Err(ApiError::unauthorized("invalid token")),
+        Err(crate::auth::AuthError::Unauthorized(_)) => {
+            Err(ApiError::unauthorized("invalid token"))
+        }
         Err(other) => Err(other.into()),
     }
 }

@@ -336,11 +336,3 @@ pub async fn error_body(res: Response, status: u16) -> Value {
     assert!(body["error"].get("details").is_some(), "{body}");
     body
 }
-
-/// A server on an existing PostgreSQL database with a given configuration (a second replica
-/// of another test server, or non-default settings).
-pub async fn start_pg_with(url: &str, db_name: Option<String>, mut config: Config) -> TestServer {
-    config.database_url = Some(url.to_string());
-    let store = phoenix_store::connect(url).await.unwrap();
-    serve(config, store, Arc::new(SystemClock), None, db_name).await
-}
