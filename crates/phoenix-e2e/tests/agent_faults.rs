@@ -134,7 +134,9 @@ async fn kill_9_mid_experiment_loses_no_kpi_batch_and_runs_no_task_twice() {
         json!({"type": "loadsim", "host_id": "kill9-agent", "payload": loadsim}),
     )
     .await;
-    let experiment = start_experiment(&api, &["kill9-agent"], 10).await;
+    // Long enough that the restarted agent (slow to start on a busy machine) still reports
+    // before the run ends and the API sends its stop.
+    let experiment = start_experiment(&api, &["kill9-agent"], 20).await;
 
     wait_for(
         "the experiment running with KPIs",
@@ -163,8 +165,11 @@ async fn kill_9_mid_experiment_loses_no_kpi_batch_and_runs_no_task_twice() {
         },
     )
     .await;
-    assert_eq!(
-        start_task["result"]["outcome"], "duration_elapsed",
+    // Ended by the agent's own clock, or by the stop the API sends at the run's deadline
+    // (whichever comes first on a busy machine): never by a failure.
+    let outcome = start_task["result"]["outcome"].as_str().unwrap_or_default();
+    assert!(
+        outcome == "duration_elapsed" || outcome == "stopped",
         "{start_task}"
     );
     assert_eq!(start_task["result"]["experiment_id"], experiment.as_str());
@@ -172,13 +177,20 @@ async fn kill_9_mid_experiment_loses_no_kpi_batch_and_runs_no_task_twice() {
         .log_text()
         .contains("resuming the experiment after a restart"));
     assert!(agent.queued_batch_ids().len() > before_restart);
+    // At the end of the run the API's analysis sends the agent a follow-up (stop, promote or
+    // rollback) task: every task, that one included, completes before the agent is stopped.
+    wait_for("every task completed", Duration::from_secs(60), || async {
+        tasks(&api)
+            .await
+            .iter()
+            .all(|t| t["status"] == "completed")
+            .then_some(())
+    })
+    .await;
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log_text());
 
     assert_no_task_ran_twice(&[&agent]);
     assert_every_queued_batch_stored_once(&db, &[&agent]).await;
-    for t in tasks(&api).await {
-        assert_eq!(t["status"], "completed", "{t}");
-    }
     // Both variants of the experiment were reported, before and after the kill.
     let variants = reqwest::get(format!("{}/metrics", api.base()))
         .await
