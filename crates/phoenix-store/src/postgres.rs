@@ -45,8 +45,8 @@ const RELAXED_CONNECTIONS: u32 = 8;
 /// Waiting longer than this for a connection means the database is in trouble: 503.
 const ACQUIRE_TIMEOUT: StdDuration = StdDuration::from_secs(5);
 /// The wake-up listener's reconnect backoff.
-const LISTENER_MIN_BACKOFF: StdDuration = StdDuration::from_millis(100);
-const LISTENER_MAX_BACKOFF: StdDuration = StdDuration::from_secs(5);
+pub(crate) const LISTENER_MIN_BACKOFF: StdDuration = StdDuration::from_millis(100);
+pub(crate) const LISTENER_MAX_BACKOFF: StdDuration = StdDuration::from_secs(5);
 /// Wake-ups buffered for a slow consumer before the listener waits for it.
 const WAKEUP_BUFFER: usize = 1024;
 
@@ -1875,7 +1875,7 @@ impl Store for PgStore {
         // Listen before returning, so a caller that enqueues right after this call returns is
         // heard. If the database is down right now the stream still starts: it keeps retrying
         // and yields `Resync` once it is listening.
-        let listener = match connect_listener(&self.options).await {
+        let listener = match connect_listener(&self.options, WAKEUP_CHANNEL).await {
             Ok(listener) => Some(listener),
             Err(e) => {
                 tracing::warn!(error = %e, "task wake-up listener cannot connect yet; retrying");
@@ -2035,8 +2035,12 @@ async fn apply_status(
 
 // ---- the wake-up listener ----
 
-/// A listener on its own single-connection pool (PgListener reconnects through it).
-async fn connect_listener(options: &PgConnectOptions) -> Result<PgListener, sqlx::Error> {
+/// A listener on `channel`, on its own single-connection pool (PgListener reconnects through
+/// it). Shared by the task wake-ups and the hub's topic notices.
+pub(crate) async fn connect_listener(
+    options: &PgConnectOptions,
+    channel: &str,
+) -> Result<PgListener, sqlx::Error> {
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(LISTENER_MAX_BACKOFF)
@@ -2045,7 +2049,7 @@ async fn connect_listener(options: &PgConnectOptions) -> Result<PgListener, sqlx
         .connect_lazy_with(options.clone());
     let mut listener = PgListener::connect_with(&pool).await?;
     listener.ignore_pool_close_event(true);
-    listener.listen(WAKEUP_CHANNEL).await?;
+    listener.listen(channel).await?;
     Ok(listener)
 }
 
@@ -2065,7 +2069,7 @@ async fn run_listener(
             None => {
                 let attempt = tokio::select! {
                     _ = tx.closed() => return,
-                    attempt = connect_listener(&options) => attempt,
+                    attempt = connect_listener(&options, WAKEUP_CHANNEL) => attempt,
                 };
                 match attempt {
                     Ok(l) => {

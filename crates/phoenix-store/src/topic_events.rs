@@ -7,12 +7,11 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgRow};
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{Connection, Row};
 use tokio::sync::mpsc;
@@ -20,6 +19,7 @@ use tokio::sync::mpsc;
 use phoenix_core::HostId;
 
 use crate::common::{corrupt, from_json_text, host};
+use crate::postgres::{connect_listener, LISTENER_MAX_BACKOFF, LISTENER_MIN_BACKOFF};
 use crate::Result;
 
 /// The PostgreSQL channel appended events are announced on.
@@ -31,8 +31,6 @@ const INLINE_EVENT_MAX: usize = 7_000;
 const INLINE_EVENTS_PER_TOPIC_MAX: usize = 16;
 /// Most events one listing returns.
 const LIST_MAX: u32 = 10_000;
-const LISTENER_MIN_BACKOFF: StdDuration = StdDuration::from_millis(100);
-const LISTENER_MAX_BACKOFF: StdDuration = StdDuration::from_secs(5);
 /// Notices buffered for a slow consumer before the listener waits for it.
 const NOTICE_BUFFER: usize = 4096;
 
@@ -442,7 +440,7 @@ pub(crate) async fn pg_presence(
 /// Listen on [`TOPIC_EVENT_CHANNEL`] before returning (an event appended right after is
 /// heard); the stream survives database restarts, yielding `Resync` once listening again.
 pub(crate) async fn pg_notices(options: PgConnectOptions) -> TopicNoticeStream {
-    let listener = match connect_listener(&options).await {
+    let listener = match connect_listener(&options, TOPIC_EVENT_CHANNEL).await {
         Ok(l) => Some(l),
         Err(e) => {
             tracing::warn!(error = %e, "topic event listener cannot connect yet; retrying");
@@ -454,19 +452,6 @@ pub(crate) async fn pg_notices(options: PgConnectOptions) -> TopicNoticeStream {
     Box::pin(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|n| (n, rx))
     }))
-}
-
-async fn connect_listener(options: &PgConnectOptions) -> Result<PgListener, sqlx::Error> {
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(LISTENER_MAX_BACKOFF)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .connect_lazy_with(options.clone());
-    let mut listener = PgListener::connect_with(&pool).await?;
-    listener.ignore_pool_close_event(true);
-    listener.listen(TOPIC_EVENT_CHANNEL).await?;
-    Ok(listener)
 }
 
 async fn run_listener(
@@ -482,7 +467,7 @@ async fn run_listener(
             None => {
                 let attempt = tokio::select! {
                     _ = tx.closed() => return,
-                    attempt = connect_listener(&options) => attempt,
+                    attempt = connect_listener(&options, TOPIC_EVENT_CHANNEL) => attempt,
                 };
                 match attempt {
                     Ok(l) => {
