@@ -11,8 +11,8 @@ use utoipa::ToSchema;
 use phoenix_core::analysis::{self, AnalysisResult, Decision, KpiPoint, KpiRow};
 use phoenix_core::cost::{self, CostComparison, PricingPreset, Usage};
 use phoenix_core::{
-    Experiment, ExperimentCommand, ExperimentId, ExperimentPhase, FieldErrors, NewTask, TaskStatus,
-    TaskType,
+    Experiment, ExperimentCommand, ExperimentId, ExperimentPhase, FieldErrors, HostId, NewTask,
+    TaskStatus, TaskType,
 };
 use phoenix_store::{ExperimentQuery, StoredKpiBatch, TaskQuery, FINAL_ANALYSIS_SEQ};
 
@@ -161,10 +161,14 @@ fn fleet_usage(rows: &[KpiRow], variant: phoenix_core::Variant) -> Usage {
 }
 
 impl Service {
+    /// The experiment's KPI rows, less those of targets excluded from the run.
     async fn experiment_rows(&self, id: ExperimentId) -> ServiceResult<Vec<KpiRow>> {
-        Ok(to_rows(
-            &self.store.experiment_kpis(id, MAX_ANALYSIS_ROWS).await?,
-        ))
+        let exp = self.store.get_experiment(id).await?;
+        let mut rows = to_rows(&self.store.experiment_kpis(id, MAX_ANALYSIS_ROWS).await?);
+        if !exp.excluded_targets.is_empty() {
+            rows.retain(|r| !exp.is_excluded(&r.host_id));
+        }
+        Ok(rows)
     }
 
     pub async fn experiment_kpis(&self, id: ExperimentId) -> ServiceResult<KpiReport> {
@@ -494,9 +498,10 @@ impl Service {
             Decision::Rollback => "rollback",
             Decision::Inconclusive => "stop",
         };
+        // Targets excluded from the run got their `stop` when they left; a promotion only
+        // reaches the hosts that ran the candidate.
         let tasks: Vec<NewTask> = exp
-            .target_hosts
-            .iter()
+            .active_targets()
             .map(|host| {
                 let mut t = NewTask::new(
                     TaskType::Experiment,
@@ -530,7 +535,7 @@ impl Service {
                 name: format!("promoted by experiment {} ({})", exp.id, exp.name),
                 pipeline: exp.candidate_pipeline.clone(),
                 parameters: exp.parameters.clone(),
-                target_hosts: exp.target_hosts.clone(),
+                target_hosts: exp.active_targets().cloned().collect(),
                 target_selector: Default::default(),
                 status: phoenix_core::DeploymentStatus::Active,
                 tasks: outcome
@@ -566,7 +571,8 @@ impl Service {
         Ok(())
     }
 
-    /// The start timed out: fail, naming the hosts whose start task has not run.
+    /// The start timed out: fail, naming the hosts whose start task has not run; or, under
+    /// `on_target_failure: exclude`, drop those hosts and go on with the others.
     async fn fail_unstarted(&self, exp: &Experiment) -> ServiceResult<()> {
         let tasks = self
             .store
@@ -583,9 +589,39 @@ impl Service {
                 t.task_type == TaskType::Experiment
                     && t.payload.get("action").and_then(|a| a.as_str()) == Some("start")
                     && !matches!(t.status, TaskStatus::Running | TaskStatus::Completed)
+                    && t.host_id.as_ref().is_some_and(|h| !exp.is_excluded(h))
             })
             .filter_map(|t| t.host_id.as_ref().map(|h| format!("{h} ({})", t.status)))
             .collect();
+        if exp.analysis.on_target_failure == phoenix_core::TargetFailurePolicy::Exclude {
+            let late: Vec<(HostId, String)> = tasks
+                .items
+                .iter()
+                .filter(|t| {
+                    t.task_type == TaskType::Experiment
+                        && t.payload.get("action").and_then(|a| a.as_str()) == Some("start")
+                        && !matches!(t.status, TaskStatus::Running | TaskStatus::Completed)
+                })
+                .filter_map(|t| {
+                    let h = t.host_id.clone()?;
+                    (!exp.is_excluded(&h)).then(|| {
+                        (
+                            h,
+                            format!(
+                                "did not start within {} s (start task {})",
+                                self.timings.experiment_start_timeout.as_secs(),
+                                t.status
+                            ),
+                        )
+                    })
+                })
+                .collect();
+            if !late.is_empty() {
+                self.ignore_conflict(self.exclude_targets(exp, late).await)?;
+            }
+            self.ignore_conflict(self.settle_targets(exp.id).await)?;
+            return Ok(());
+        }
         waiting.sort();
         let shown = waiting
             .iter()
@@ -603,10 +639,7 @@ impl Service {
                 String::new()
             }
         );
-        self.ignore_conflict(
-            self.transition(exp.id, ExperimentCommand::Fail { reason }, &[])
-                .await,
-        )?;
+        self.ignore_conflict(self.fail_run(exp.id, reason).await)?;
         Ok(())
     }
 }

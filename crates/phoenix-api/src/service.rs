@@ -493,7 +493,21 @@ impl Service {
         .await
     }
 
-    /// Stop and rollback tell every target host, when the experiment had started there.
+    /// Ends a run that cannot go on (a target failed, too few targets left, a start timed
+    /// out): `failed` with the reason, and every target that may have started gets a `stop`.
+    pub(crate) async fn fail_run(&self, id: ExperimentId, reason: String) -> ServiceResult<()> {
+        self.end_with_action(
+            id,
+            ExperimentCommand::Fail { reason },
+            "stop",
+            priority::STOP,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Stop, rollback and failure tell every target host, when the experiment had started
+    /// there.
     async fn end_with_action(
         &self,
         id: ExperimentId,
@@ -628,11 +642,13 @@ impl Service {
     }
 
     /// Move an experiment on when its targets report: `initializing → running` once every
-    /// target runs its A/B (its `start` task is running or done), `→ failed` with the host and
-    /// the reason when a target's deployment or start task fails. A move the state machine
-    /// refuses (the experiment moved on meanwhile) is not an error. The full orchestration
-    /// (analysis at the end of the duration, guardrails) belongs to the experiment scheduler.
-    async fn follow_experiment_task(&self, task: &Task) {
+    /// target runs its A/B (its `start` task is running or done), and when a target's
+    /// deployment or start task fails: `→ failed` with the host and the reason, or, under
+    /// `analysis.on_target_failure: exclude`, the target leaves the run and the others go on.
+    /// A move the state machine refuses (the experiment moved on meanwhile) is not an error.
+    /// The full orchestration (analysis at the end of the duration, guardrails) belongs to
+    /// the experiment scheduler.
+    pub(crate) async fn follow_experiment_task(&self, task: &Task) {
         let Some(experiment_id) = task.experiment_id else {
             return;
         };
@@ -641,30 +657,23 @@ impl Service {
         if !is_start && task.task_type != TaskType::Deployment {
             return;
         }
-        let command = match task.status {
-            TaskStatus::Failed => ExperimentCommand::Fail {
-                reason: format!(
-                    "host {}: {} task failed: {}",
-                    task.assigned_to.as_ref().map_or("?", HostId::as_str),
+        let result = match task.status {
+            TaskStatus::Failed => {
+                let host = task.host_id.as_ref().or(task.assigned_to.as_ref());
+                let reason = format!(
+                    "{} task failed: {}",
                     task.task_type.as_str(),
                     task.error.as_deref().unwrap_or("no reason given")
-                ),
-            },
+                );
+                self.target_failed(experiment_id, host, reason).await
+            }
             TaskStatus::Running | TaskStatus::Completed if is_start => {
-                match self.all_targets_started(experiment_id).await {
-                    Ok(true) => ExperimentCommand::MarkRunning,
-                    Ok(false) => return,
-                    Err(e) => {
-                        tracing::warn!(experiment_id = %experiment_id, error = %e,
-                            "cannot check the experiment's start tasks");
-                        return;
-                    }
-                }
+                self.settle_targets(experiment_id).await
             }
             _ => return,
         };
-        match self.transition(experiment_id, command, &[]).await {
-            Ok(_) => {}
+        match result {
+            Ok(()) => {}
             Err(ServiceError::Store(StoreError::Transition(e))) => {
                 tracing::debug!(experiment_id = %experiment_id, error = %e,
                     "experiment already moved on");
@@ -676,12 +685,111 @@ impl Service {
         }
     }
 
-    /// Whether every `start` task of the experiment is running or completed.
-    async fn all_targets_started(&self, experiment_id: ExperimentId) -> ServiceResult<bool> {
+    /// A target's deployment or start failed: fail the run, or exclude the target.
+    async fn target_failed(
+        &self,
+        experiment_id: ExperimentId,
+        host: Option<&HostId>,
+        reason: String,
+    ) -> ServiceResult<()> {
+        let exp = self.store.get_experiment(experiment_id).await?;
+        match host {
+            Some(h)
+                if exp.analysis.on_target_failure == phoenix_core::TargetFailurePolicy::Exclude
+                    && exp.target_hosts.contains(h) =>
+            {
+                if exp.is_excluded(h) || !exp.phase.is_active() {
+                    return Ok(());
+                }
+                self.exclude_targets(&exp, vec![(h.clone(), reason)])
+                    .await?;
+                self.settle_targets(experiment_id).await
+            }
+            _ => {
+                let host = host.map_or("?", HostId::as_str);
+                self.fail_run(experiment_id, format!("host {host}: {reason}"))
+                    .await
+            }
+        }
+    }
+
+    /// Drops targets from the run (recorded on the experiment, with an `updated` event): their
+    /// queued tasks of the experiment are cancelled and each gets a `stop`, in case it started.
+    pub(crate) async fn exclude_targets(
+        &self,
+        exp: &Experiment,
+        targets: Vec<(HostId, String)>,
+    ) -> ServiceResult<()> {
+        let stops: Vec<NewTask> = targets
+            .iter()
+            .map(|(host, _)| {
+                let mut t = NewTask::new(
+                    TaskType::Experiment,
+                    json!({ "action": "stop", "experiment_id": exp.id }),
+                )
+                .for_host(host.clone());
+                t.experiment_id = Some(exp.id);
+                t.priority = priority::STOP;
+                t.idempotency_key = Some(format!("experiment:{}:exclude:{host}", exp.id));
+                t
+            })
+            .collect();
+        for (host, reason) in &targets {
+            tracing::warn!(experiment_id = %exp.id, host = %host, %reason, "target excluded from the experiment");
+        }
+        self.transition(
+            exp.id,
+            ExperimentCommand::ExcludeTargets { targets },
+            &stops,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Looks at the targets still in the run: fewer than `min_targets` fails the experiment
+    /// (under `exclude`); all of them running their A/B moves it to `running`.
+    pub(crate) async fn settle_targets(&self, experiment_id: ExperimentId) -> ServiceResult<()> {
+        let exp = self.store.get_experiment(experiment_id).await?;
+        if !exp.phase.is_active() {
+            return Ok(());
+        }
+        let active = exp.active_targets().count();
+        let policy = exp.analysis.on_target_failure;
+        if policy == phoenix_core::TargetFailurePolicy::Exclude
+            && active < exp.analysis.min_targets as usize
+        {
+            let excluded = exp
+                .excluded_targets
+                .iter()
+                .take(20)
+                .map(|x| format!("{} ({})", x.host_id, x.reason))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return self
+                .fail_run(
+                    experiment_id,
+                    format!(
+                        "{active} target(s) left, fewer than min_targets {}; excluded: {excluded}",
+                        exp.analysis.min_targets
+                    ),
+                )
+                .await;
+        }
+        if exp.phase == phoenix_core::ExperimentPhase::Initializing
+            && self.all_targets_started(&exp).await?
+        {
+            self.transition(experiment_id, ExperimentCommand::MarkRunning, &[])
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the `start` task of every target still in the run is running or completed.
+    async fn all_targets_started(&self, exp: &Experiment) -> ServiceResult<bool> {
         let page = self
             .store
             .list_tasks(&TaskQuery {
-                experiment_id: Some(experiment_id),
+                experiment_id: Some(exp.id),
                 limit: 10_000,
                 ..TaskQuery::default()
             })
@@ -692,6 +800,7 @@ impl Service {
             .filter(|t| {
                 t.task_type == TaskType::Experiment
                     && t.payload.get("action").and_then(|a| a.as_str()) == Some("start")
+                    && t.host_id.as_ref().is_none_or(|h| !exp.is_excluded(h))
             })
             .collect();
         Ok(!starts.is_empty()

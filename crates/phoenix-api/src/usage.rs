@@ -72,9 +72,13 @@ pub struct UsageView {
     pub protected_labels: Vec<UsedLabel>,
 }
 
-/// Parses one PromQL expression into what it uses. The error is the parser's own message.
+/// Parses one PromQL expression into what it uses. The error is the parser's own message,
+/// with where the query stops making sense (see [`locate_syntax_error`]).
 pub fn analyse_query(name: &str, expr: &str) -> Result<UsedQuery, String> {
-    let ast = parser::parse(expr)?;
+    let ast = parser::parse(expr).map_err(|msg| match locate_syntax_error(expr) {
+        Some(at) => format!("{msg} {at}"),
+        None => msg,
+    })?;
     let mut used = BTreeSet::new();
     let metrics = walk(&ast, &mut used);
     Ok(UsedQuery {
@@ -82,6 +86,72 @@ pub fn analyse_query(name: &str, expr: &str) -> Result<UsedQuery, String> {
         expr: expr.to_string(),
         metrics: metrics.into_iter().collect(),
         labels: used.into_iter().collect(),
+    })
+}
+
+/// Continuations tried after a prefix of the query (each also followed by the brackets the
+/// prefix left open, closed in order): an operand, a call's argument list, an aggregation's
+/// label list and argument, a label matcher's value, a range, a comparison.
+const COMPLETIONS: &[&str] = &[
+    "", " x", " 1", "(x)", " (a) (x)", "(a) (x)", "=\"x\"", "\"x\"", " 5m", "5m", "[5m]", "5m]",
+    ":1m]", " == x", " x == x", "x", " or x", "(x", " on(a) x", "(a) x", "a) (x)", ") (x)", "a)",
+];
+
+/// `promql-parser` reports a syntax error as "invalid promql query", with no position. This
+/// finds one: the longest prefix of the query's tokens that some simple continuation turns
+/// into a valid query has been understood, so the error is at the token after it. Returns
+/// `at line L, column C, near `token`` (line and column count from 1, in characters), or
+/// `None` when the query does not lex or is too long to search.
+pub fn locate_syntax_error(expr: &str) -> Option<String> {
+    use lrpar::{Lexeme, Lexer};
+    const MAX_TOKENS: usize = 300;
+    let lexer = parser::lexer(expr).ok()?;
+    let spans: Vec<(usize, usize)> = lexer
+        .iter()
+        .filter_map(|l| l.ok())
+        .map(|l| (l.span().start(), l.span().end()))
+        .take(MAX_TOKENS + 1)
+        .collect();
+    if spans.is_empty() || spans.len() > MAX_TOKENS {
+        return None;
+    }
+    let viable = |end: usize| -> bool {
+        let prefix = &expr[..end];
+        let mut open = Vec::new();
+        for &(s, e) in &spans {
+            if e > end {
+                break;
+            }
+            match &expr[s..e] {
+                "(" => open.push(')'),
+                "[" => open.push(']'),
+                "{" => open.push('}'),
+                ")" | "]" | "}" => {
+                    open.pop();
+                }
+                _ => {}
+            }
+        }
+        let closers: String = open.iter().rev().collect();
+        COMPLETIONS.iter().any(|c| {
+            parser::parse(&format!("{prefix}{c}{closers}")).is_ok()
+                || (!closers.is_empty() && parser::parse(&format!("{prefix}{c}")).is_ok())
+        })
+    };
+    // The last token whose prefix is viable; the error is at the next one (or at the end).
+    let understood = (0..spans.len()).rev().find(|&k| viable(spans[k].1));
+    let (at, near) = match understood {
+        Some(k) if k + 1 < spans.len() => (spans[k + 1].0, &expr[spans[k + 1].0..spans[k + 1].1]),
+        Some(_) => (expr.len(), "the end of the query"),
+        None => (spans[0].0, &expr[spans[0].0..spans[0].1]),
+    };
+    let before = &expr[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    Some(if near == "the end of the query" {
+        format!("at line {line}, column {column}, at the end of the query")
+    } else {
+        format!("at line {line}, column {column}, near `{near}`")
     })
 }
 
@@ -454,5 +524,42 @@ impl Service {
             }
         }
         Ok(g)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syntax_errors_are_placed_at_the_first_token_that_makes_no_sense() {
+        for (query, want) in [
+            ("foo bar", "at line 1, column 5, near `bar`"),
+            ("up == == 0", "at line 1, column 7, near `==`"),
+            (
+                "sum without(==)(some_metric)",
+                "at line 1, column 13, near `==`",
+            ),
+            (
+                "rate(x[5m]) +",
+                "at line 1, column 14, at the end of the query",
+            ),
+            (
+                "sum by (job) (\n  rate(x[5m]) bar\n)",
+                "at line 2, column 15, near `bar`",
+            ),
+        ] {
+            assert!(parser::parse(query).is_err(), "{query}");
+            assert_eq!(locate_syntax_error(query).as_deref(), Some(want), "{query}");
+            let err = analyse_query("q", query).unwrap_err();
+            assert!(err.ends_with(want), "{err}");
+        }
+    }
+
+    #[test]
+    fn lexing_errors_keep_the_lexers_message() {
+        let err = analyse_query("q", "sum(rate(x[5m])").unwrap_err();
+        assert!(err.contains("unclosed left parenthesis"), "{err}");
+        assert_eq!(locate_syntax_error("sum(rate(x[5m])"), None);
     }
 }

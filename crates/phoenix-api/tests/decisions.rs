@@ -19,6 +19,8 @@ on_both_backends!(
     a_target_selector_picks_agents_by_label_at_start_and_nobody_is_a_409,
     a_candidate_dropping_a_label_an_alert_uses_is_rolled_back,
     unparsable_promql_is_a_400_naming_the_rule,
+    a_target_that_fails_is_excluded_and_the_others_decide,
+    excluding_below_min_targets_fails_the_experiment_and_bad_policies_are_400,
 );
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -783,6 +785,10 @@ async fn unparsable_promql_is_a_400_naming_the_rule(s: &TestServer) {
     assert!(fields[0].1.contains("unclosed left parenthesis"), "{body}");
     assert_eq!(fields[1].0, "queries[1]");
     assert!(fields[1].1.contains("foo bar"), "{body}");
+    assert!(
+        fields[1].1.contains("at line 1, column 5, near `bar`"),
+        "{body}"
+    );
     // Not a rule file at all; nothing given.
     let res = s
         .post(
@@ -799,4 +805,255 @@ async fn unparsable_promql_is_a_400_naming_the_rule(s: &TestServer) {
     // Nothing was stored by the refused uploads.
     let usage = get_json(s, "/api/v1/usage/queries").await;
     assert_eq!(usage["sources"], json!([]));
+}
+
+/// Under `on_target_failure: exclude`, a target whose deployment fails leaves the run: it
+/// gets a `stop`, its KPIs (here: a candidate that loses protected series, which would roll
+/// the run back) leave the analysis, the two others run to a promotion that reaches only them.
+async fn a_target_that_fails_is_excluded_and_the_others_decide(s: &TestServer) {
+    let hosts = ["node-a", "node-b", "node-c"];
+    let mut secrets = Vec::new();
+    for h in hosts {
+        secrets.push(s.enroll(h).await);
+    }
+    let agents: Vec<AgentClient<'_>> = hosts
+        .iter()
+        .zip(&secrets)
+        .map(|(h, sec)| s.agent(h, sec))
+        .collect();
+    let id = create(
+        s,
+        &hosts,
+        1,
+        json!({ "interval_seconds": 5, "min_intervals": 5,
+                "on_target_failure": "exclude", "min_targets": 2 }),
+    )
+    .await;
+    let now = Utc::now();
+    let kpis = |kept: u64, lost: u64| -> Vec<Value> {
+        (0..10i64)
+            .flat_map(|i| {
+                let end = now - chrono::Duration::seconds(5 * (10 - i));
+                batches(&id, end, kept + 100 * (i as u64 % 3), lost, 0.002, "m")
+            })
+            .collect()
+    };
+    // node-a and node-b run; node-c reports a bad candidate, then fails its deployment.
+    run_on(s, &id, &agents[..2], &[kpis(1_200, 0), kpis(1_300, 0)]).await;
+    let c = &agents[2];
+    let res = c
+        .post(
+            "/api/v1/agent/metrics",
+            json!({ "batches": kpis(9_000, 10) }),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let body: Value = c.poll("2s").await.json().await.unwrap();
+    let tasks = body["tasks"].as_array().unwrap().clone();
+    let deploy = tasks.iter().find(|t| t["type"] == "deployment").unwrap();
+    let res = c
+        .post(
+            &format!(
+                "/api/v1/agent/tasks/{}/status",
+                deploy["id"].as_str().unwrap()
+            ),
+            json!({ "status": "failed", "error": "pipeline config refused: disk full" }),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+
+    let exp = wait_for_phase(s, &id, "completed", Duration::from_secs(20)).await;
+    assert_eq!(exp["promoted"], true, "{exp}");
+    let excluded = exp["excluded_targets"].as_array().unwrap();
+    assert_eq!(excluded.len(), 1, "{exp}");
+    assert_eq!(excluded[0]["host_id"], "node-c");
+    assert!(
+        excluded[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("deployment task failed: pipeline config refused: disk full"),
+        "{exp}"
+    );
+    let events = get_json(s, &format!("/api/v1/experiments/{id}/events")).await;
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "updated"
+                && e["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("excluded from the run: node-c")),
+        "{events}"
+    );
+    let results = get_json(s, &format!("/api/v1/experiments/{id}/results")).await;
+    assert_eq!(results["result"]["decision"], "promote", "{results}");
+    assert_eq!(results["result"]["hosts"], 2, "{results}");
+    assert_eq!(results["result"]["protected_coverage_percent"], 100.0);
+
+    // node-c: a stop (its start was claimed before it failed); the promotion skips it.
+    let tasks = get_json(s, &format!("/api/v1/tasks?experiment_id={id}&limit=100")).await;
+    let actions = |host: &str| -> Vec<String> {
+        tasks["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["host_id"] == host && t["type"] == "experiment")
+            .map(|t| t["payload"]["action"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut c_actions = actions("node-c");
+    c_actions.sort();
+    assert_eq!(c_actions, ["start", "stop"], "{tasks}");
+    for h in ["node-a", "node-b"] {
+        let mut a = actions(h);
+        a.sort();
+        assert_eq!(a, ["promote", "start"], "{h}: {tasks}");
+    }
+}
+
+async fn excluding_below_min_targets_fails_the_experiment_and_bad_policies_are_400(s: &TestServer) {
+    for (analysis, field) in [
+        (
+            json!({ "on_target_failure": "exclude", "min_targets": 0 }),
+            "analysis.min_targets",
+        ),
+        (
+            json!({ "on_target_failure": "ignore" }),
+            "on_target_failure",
+        ),
+    ] {
+        let res = s
+            .post(
+                "/api/v1/experiments",
+                json!({ "name": "bad", "baseline_pipeline": "baseline",
+                        "candidate_pipeline": "topk", "target_hosts": ["node-a"],
+                        "analysis": analysis }),
+            )
+            .await;
+        let body = error_body(res, 400).await;
+        assert!(body.to_string().contains(field), "{field}: {body}");
+    }
+
+    let hosts = ["node-a", "node-b"];
+    let secrets = [s.enroll(hosts[0]).await, s.enroll(hosts[1]).await];
+    let b = s.agent(hosts[1], &secrets[1]);
+    let id = create(
+        s,
+        &hosts,
+        600,
+        json!({ "on_target_failure": "exclude", "min_targets": 2 }),
+    )
+    .await;
+    let res = s
+        .client
+        .post(s.url(&format!("/api/v1/experiments/{id}/start")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = b.poll("2s").await.json().await.unwrap();
+    let start = body["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type"] == "experiment")
+        .unwrap()
+        .clone();
+    let res = b
+        .post(
+            &format!(
+                "/api/v1/agent/tasks/{}/status",
+                start["id"].as_str().unwrap()
+            ),
+            json!({ "status": "failed", "error": "no memory" }),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let exp = wait_for_phase(s, &id, "failed", Duration::from_secs(10)).await;
+    let reason = exp["phase_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("1 target(s) left, fewer than min_targets 2")
+            && reason.contains("node-b (experiment task failed: no memory)"),
+        "{reason}"
+    );
+    // node-a never claimed its deployment and start: they are cancelled with the failure,
+    // and every target gets a stop.
+    let tasks = get_json(s, &format!("/api/v1/tasks?experiment_id={id}&limit=100")).await;
+    let mut a: Vec<(String, String)> = tasks["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["host_id"] == "node-a")
+        .map(|t| {
+            (
+                t["payload"]["action"]
+                    .as_str()
+                    .unwrap_or("deploy")
+                    .to_string(),
+                t["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    a.sort();
+    assert_eq!(
+        a,
+        [
+            ("deploy".to_string(), "failed".to_string()),
+            ("start".to_string(), "failed".to_string()),
+            ("stop".to_string(), "pending".to_string()),
+        ],
+        "{tasks}"
+    );
+}
+
+/// Under `exclude`, a target that does not start within `experiment_start_timeout` is
+/// dropped (its queued tasks cancelled) and the run goes on with the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_never_starts_is_excluded_and_the_run_goes_on() {
+    let config = phoenix_api::Config {
+        experiment_start_timeout: Duration::from_secs(1),
+        ..test_config()
+    };
+    let s = start_sqlite_with(config, std::sync::Arc::new(phoenix_core::SystemClock)).await;
+    let secret = s.enroll("node-a").await;
+    let a = s.agent("node-a", &secret);
+    let id = create(
+        &s,
+        &["node-a", "node-b"],
+        600,
+        json!({ "on_target_failure": "exclude" }),
+    )
+    .await;
+    run_on(&s, &id, &[a], &[vec![]]).await;
+    let exp = wait_for_phase(&s, &id, "running", Duration::from_secs(10)).await;
+    let excluded = exp["excluded_targets"].as_array().unwrap();
+    assert_eq!(excluded.len(), 1, "{exp}");
+    assert_eq!(excluded[0]["host_id"], "node-b");
+    assert!(
+        excluded[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("did not start within 1 s (start task pending)"),
+        "{exp}"
+    );
+    let tasks = get_json(&s, &format!("/api/v1/tasks?experiment_id={id}&limit=100")).await;
+    let b_tasks: Vec<&Value> = tasks["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["host_id"] == "node-b")
+        .collect();
+    // deploy and start cancelled, a stop queued.
+    assert_eq!(b_tasks.len(), 3, "{tasks}");
+    assert_eq!(
+        b_tasks
+            .iter()
+            .filter(|t| t["status"] == "failed"
+                && t["error"].as_str().unwrap_or("").contains("excluded"))
+            .count(),
+        2,
+        "{tasks}"
+    );
 }

@@ -35,6 +35,14 @@ pub struct AnalysisSpec {
     pub min_intervals: u32,
     #[serde(default)]
     pub guardrails: Guardrails,
+    /// What a target whose deployment or start fails, or that does not start within the
+    /// API's `experiment_start_timeout`, does to the run: `fail` it (default) or be
+    /// `exclude`d from it (its KPIs leave the analysis, it gets a `stop`, the others go on).
+    #[serde(default)]
+    pub on_target_failure: TargetFailurePolicy,
+    /// Under `exclude`: fewer targets left than this and the experiment fails.
+    #[serde(default = "default_min_targets")]
+    pub min_targets: u32,
 }
 
 impl Default for AnalysisSpec {
@@ -45,6 +53,29 @@ impl Default for AnalysisSpec {
             confidence: default_confidence(),
             min_intervals: default_min_intervals(),
             guardrails: Guardrails::default(),
+            on_target_failure: TargetFailurePolicy::default(),
+            min_targets: default_min_targets(),
+        }
+    }
+}
+
+/// What a failed or late target does to its experiment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetFailurePolicy {
+    /// The experiment fails, naming the host and the reason.
+    #[default]
+    Fail,
+    /// The target leaves the run (recorded in the experiment's `excluded_targets`) and the
+    /// others go on, as long as at least `min_targets` remain.
+    Exclude,
+}
+
+impl TargetFailurePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fail => "fail",
+            Self::Exclude => "exclude",
         }
     }
 }
@@ -95,6 +126,9 @@ fn default_confidence() -> f64 {
 fn default_min_intervals() -> u32 {
     5
 }
+fn default_min_targets() -> u32 {
+    1
+}
 fn default_min_reduction() -> f64 {
     70.0
 }
@@ -130,6 +164,15 @@ impl AnalysisSpec {
             e.push(
                 format!("{path}.min_intervals"),
                 "must be between 2 and 10000",
+            );
+        }
+        if !(1..=crate::experiment::MAX_TARGET_HOSTS as u32).contains(&self.min_targets) {
+            e.push(
+                format!("{path}.min_targets"),
+                format!(
+                    "must be between 1 and {}",
+                    crate::experiment::MAX_TARGET_HOSTS
+                ),
             );
         }
         let g = &self.guardrails;

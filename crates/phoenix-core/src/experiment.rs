@@ -132,6 +132,9 @@ pub enum ExperimentCommand {
     Stop { reason: Option<String> },
     /// initializing, running, analyzing, or completed with a promotion → rolled_back.
     Rollback { reason: Option<String> },
+    /// initializing or running, phase unchanged: these targets leave the run (the
+    /// experiment's `on_target_failure: exclude`), each with its reason.
+    ExcludeTargets { targets: Vec<(HostId, String)> },
 }
 
 impl ExperimentCommand {
@@ -144,6 +147,7 @@ impl ExperimentCommand {
             Self::Fail { .. } => "fail",
             Self::Stop { .. } => "stop",
             Self::Rollback { .. } => "rollback",
+            Self::ExcludeTargets { .. } => "exclude_targets",
         }
     }
 }
@@ -208,11 +212,18 @@ pub struct Transition {
     /// `Some` only for `complete` (the decision) and for rolling back a promotion (`false`).
     pub promoted: Option<bool>,
     pub message: String,
+    /// Targets leaving the run (`exclude_targets`; the phase does not change).
+    pub excluded: Vec<(HostId, String)>,
 }
 
 impl Transition {
+    /// `phase_changed`, or `updated` for a command that keeps the phase (an exclusion).
     pub fn event_kind(&self) -> EventKind {
-        EventKind::PhaseChanged
+        if self.from == self.to {
+            EventKind::Updated
+        } else {
+            EventKind::PhaseChanged
+        }
     }
 }
 
@@ -268,13 +279,30 @@ pub fn apply(
             Some(false),
             format!("promotion rolled back{}", suffix(reason.as_ref())),
         ),
+        (P::Initializing | P::Running, C::ExcludeTargets { targets }) if !targets.is_empty() => (
+            current,
+            None,
+            format!(
+                "excluded from the run: {}",
+                targets
+                    .iter()
+                    .map(|(h, why)| format!("{h} ({why})"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ),
         _ => return Err(refuse()),
+    };
+    let excluded = match command {
+        C::ExcludeTargets { targets } => targets.clone(),
+        _ => Vec::new(),
     };
     Ok(Transition {
         from: current,
         to,
         promoted: new_promoted.or(promoted),
         message,
+        excluded,
     })
 }
 
@@ -312,10 +340,22 @@ pub struct Experiment {
     /// How the run is judged: analysis interval, guardrails, automatic rollback.
     #[serde(default)]
     pub analysis: AnalysisSpec,
+    /// Targets that left the run under `analysis.on_target_failure: exclude`, with why and
+    /// when; their KPIs are not analysed and a promotion does not reach them.
+    #[serde(default)]
+    pub excluded_targets: Vec<ExcludedTarget>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// A target dropped from a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExcludedTarget {
+    pub host_id: HostId,
+    pub reason: String,
+    pub at: DateTime<Utc>,
 }
 
 impl Experiment {
@@ -338,6 +378,7 @@ impl Experiment {
             parameters: new.parameters,
             owner: new.owner,
             analysis: new.analysis,
+            excluded_targets: Vec::new(),
             created_at: now,
             updated_at: now,
             started_at: None,
@@ -347,16 +388,41 @@ impl Experiment {
 
     /// Apply an accepted transition to this value (the store persists the result).
     pub fn record(&mut self, t: &Transition, now: DateTime<Utc>) {
+        self.updated_at = now;
+        if !t.excluded.is_empty() {
+            for (host, reason) in &t.excluded {
+                if !self.is_excluded(host) {
+                    self.excluded_targets.push(ExcludedTarget {
+                        host_id: host.clone(),
+                        reason: reason.clone(),
+                        at: now,
+                    });
+                }
+            }
+        }
+        if t.from == t.to {
+            // The phase, and why it is in it, stay.
+            return;
+        }
         self.phase = t.to;
         self.promoted = t.promoted;
         self.phase_reason = Some(t.message.clone());
-        self.updated_at = now;
         if t.from == ExperimentPhase::Pending && t.to == ExperimentPhase::Initializing {
             self.started_at = Some(now);
         }
         if t.to.is_terminal() {
             self.ended_at = Some(now);
         }
+    }
+
+    /// Whether `host` left the run under `on_target_failure: exclude`.
+    pub fn is_excluded(&self, host: &HostId) -> bool {
+        self.excluded_targets.iter().any(|x| &x.host_id == host)
+    }
+
+    /// The target hosts still taking part in the run.
+    pub fn active_targets(&self) -> impl Iterator<Item = &HostId> {
+        self.target_hosts.iter().filter(|h| !self.is_excluded(h))
     }
 
     /// Apply a user's edit. Name and description may change at any time; what shapes the run
@@ -694,6 +760,9 @@ mod tests {
             Just(C::Rollback {
                 reason: Some("bad".into())
             }),
+            Just(C::ExcludeTargets {
+                targets: vec![(HostId::parse("node-x").unwrap(), "late".into())]
+            }),
         ]
     }
 
@@ -731,8 +800,15 @@ mod tests {
                 match apply(phase, promoted, cmd) {
                     Ok(t) => {
                         prop_assert_eq!(t.from, phase);
-                        prop_assert!(allowed(t.from, t.to), "{:?} -> {:?} via {:?}", t.from, t.to, cmd);
-                        prop_assert_ne!(t.from, t.to);
+                        if let C::ExcludeTargets { .. } = cmd {
+                            // The one command that keeps the phase: only while the run is on.
+                            prop_assert_eq!(t.from, t.to);
+                            prop_assert!(matches!(t.from, P::Initializing | P::Running));
+                            prop_assert_eq!(t.event_kind(), EventKind::Updated);
+                        } else {
+                            prop_assert!(allowed(t.from, t.to), "{:?} -> {:?} via {:?}", t.from, t.to, cmd);
+                            prop_assert_ne!(t.from, t.to);
+                        }
                         // every accepted transition emits exactly one event
                         events += 1;
                         accepted += 1;

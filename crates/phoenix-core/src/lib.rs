@@ -15,13 +15,15 @@ pub mod stats;
 pub mod task;
 
 pub use agent::{Agent, AgentHealth, Heartbeat, ResourceUsage};
-pub use analysis::{AnalysisResult, AnalysisSpec, Decision, Guardrails, KpiRow};
+pub use analysis::{
+    AnalysisResult, AnalysisSpec, Decision, Guardrails, KpiRow, TargetFailurePolicy,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use deployment::{DeploymentStatus, NewPipelineDeployment, PipelineDeployment};
 pub use experiment::{
-    apply as apply_command, EventKind, Experiment, ExperimentCommand, ExperimentEvent,
-    ExperimentMode, ExperimentPatch, ExperimentPhase, FieldError, FieldErrors, NewExperiment,
-    PatchError, Transition, TransitionError,
+    apply as apply_command, EventKind, ExcludedTarget, Experiment, ExperimentCommand,
+    ExperimentEvent, ExperimentMode, ExperimentPatch, ExperimentPhase, FieldError, FieldErrors,
+    NewExperiment, PatchError, Transition, TransitionError,
 };
 pub use ids::{DeploymentId, ExperimentId, HostId, IdError, TaskId};
 pub use kpi::{KpiBatch, KpiValues, Variant};

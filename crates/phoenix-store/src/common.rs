@@ -8,8 +8,8 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Duration, Utc};
 use phoenix_core::{
-    EventKind, Experiment, ExperimentEvent, ExperimentMode, ExperimentPhase, Heartbeat, HostId,
-    NewTask, Task, TaskId, TaskStatus,
+    EventKind, Experiment, ExperimentEvent, ExperimentMode, Heartbeat, HostId, NewTask, Task,
+    TaskId, TaskStatus,
 };
 use serde::de::DeserializeOwned;
 
@@ -184,18 +184,16 @@ pub(crate) fn updated_event(
 pub(crate) fn phase_event(
     experiment: &Experiment,
     seq: i64,
-    from: ExperimentPhase,
-    to: ExperimentPhase,
-    message: &str,
+    transition: &phoenix_core::Transition,
     now: DateTime<Utc>,
 ) -> ExperimentEvent {
     ExperimentEvent {
         experiment_id: experiment.id,
         seq,
-        kind: EventKind::PhaseChanged,
-        from_phase: Some(from),
-        to_phase: Some(to),
-        message: message.to_string(),
+        kind: transition.event_kind(),
+        from_phase: Some(transition.from),
+        to_phase: Some(transition.to),
+        message: transition.message.clone(),
         at: now,
     }
 }

@@ -60,6 +60,7 @@ macro_rules! conformance_suite {
             experiments_list_filters_by_phase_and_pages_with_total,
             transition_writes_one_event_and_its_tasks_atomically,
             refused_transition_writes_nothing_and_names_current_phase,
+            excluding_a_target_keeps_the_phase_records_it_and_cancels_only_its_queued_tasks,
             update_applies_patch_rules_and_emits_event_only_on_change,
             delete_refuses_active_experiment_and_keeps_its_tasks,
             events_after_seq_resume_where_the_client_left_off,
@@ -303,6 +304,85 @@ pub async fn transition_writes_one_event_and_its_tasks_atomically(store: SharedS
     let all = store.list_tasks(&TaskQuery::default()).await.unwrap();
     assert_eq!(all.total, 2);
     assert_eq!(store.get_task(out.tasks[1].id).await.unwrap(), out.tasks[1]);
+}
+
+pub async fn excluding_a_target_keeps_the_phase_records_it_and_cancels_only_its_queued_tasks(
+    store: SharedStore,
+) {
+    let e = created(&store, "exclude", t0()).await;
+    let starts: Vec<NewTask> = ["node-a", "node-b"]
+        .iter()
+        .map(|h| {
+            let mut t = task(TaskType::Experiment).for_host(host(h));
+            t.experiment_id = Some(e.id);
+            t
+        })
+        .collect();
+    let started = store
+        .transition_experiment(e.id, &ExperimentCommand::Start, &starts, t0())
+        .await
+        .unwrap();
+    let now = t0() + Duration::seconds(5);
+    let mut stop_b = task(TaskType::Experiment).for_host(host("node-b"));
+    stop_b.experiment_id = Some(e.id);
+    let out = store
+        .transition_experiment(
+            e.id,
+            &ExperimentCommand::ExcludeTargets {
+                targets: vec![(host("node-b"), "deployment task failed: boom".into())],
+            },
+            &[stop_b],
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.experiment.phase, ExperimentPhase::Initializing);
+    assert_eq!(out.experiment.phase_reason, started.experiment.phase_reason);
+    assert_eq!(out.event.kind, EventKind::Updated);
+    assert!(
+        out.event
+            .message
+            .contains("node-b (deployment task failed: boom)"),
+        "{}",
+        out.event.message
+    );
+    assert_eq!(
+        out.experiment.excluded_targets,
+        vec![phoenix_core::ExcludedTarget {
+            host_id: host("node-b"),
+            reason: "deployment task failed: boom".into(),
+            at: now,
+        }]
+    );
+    assert!(out.experiment.is_excluded(&host("node-b")));
+    assert_eq!(
+        out.experiment.active_targets().cloned().collect::<Vec<_>>(),
+        vec![host("node-a")]
+    );
+    // Stored as served.
+    assert_eq!(store.get_experiment(e.id).await.unwrap(), out.experiment);
+    // node-b's queued start is cancelled; node-a's stays queued; node-b's stop is queued.
+    let a = store.get_task(started.tasks[0].id).await.unwrap();
+    let b = store.get_task(started.tasks[1].id).await.unwrap();
+    assert_eq!(a.status, TaskStatus::Pending);
+    assert_eq!(b.status, TaskStatus::Failed);
+    assert!(
+        b.error.as_deref().unwrap_or("").contains("excluded"),
+        "{b:?}"
+    );
+    assert_eq!(out.tasks.len(), 1);
+    assert_eq!(out.tasks[0].status, TaskStatus::Pending);
+    // Excluding nobody is refused; so is excluding once the run is over.
+    let err = store
+        .transition_experiment(
+            e.id,
+            &ExperimentCommand::ExcludeTargets { targets: vec![] },
+            &[],
+            now,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Transition(_)), "{err}");
 }
 
 pub async fn refused_transition_writes_nothing_and_names_current_phase(store: SharedStore) {

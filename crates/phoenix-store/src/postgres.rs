@@ -157,6 +157,7 @@ fn experiment_from_row(row: &PgRow) -> Result<Experiment> {
         owner: row.try_get("owner")?,
         analysis: json(row, "analysis")?,
         target_selector: json(row, "target_selector")?,
+        excluded_targets: json(row, "excluded_targets")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         started_at: row.try_get("started_at")?,
@@ -297,7 +298,7 @@ async fn save_experiment(conn: &mut PgConnection, e: &Experiment) -> Result<i64>
              target_hosts = $8, mode = $9, candidate_share_percent = $10,
              duration_seconds = $11, parameters = $12, owner = $13, updated_at = $14,
              started_at = $15, ended_at = $16, analysis = $18,
-             target_selector = $19,
+             target_selector = $19, excluded_targets = $20,
              last_event_seq = last_event_seq + 1
          WHERE id = $17
          RETURNING last_event_seq",
@@ -321,6 +322,7 @@ async fn save_experiment(conn: &mut PgConnection, e: &Experiment) -> Result<i64>
     .bind(e.id.as_uuid())
     .bind(to_json("analysis", &e.analysis)?)
     .bind(to_json("target_selector", &e.target_selector)?)
+    .bind(to_json("excluded_targets", &e.excluded_targets)?)
     .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| not_found("experiment", e.id))?;
@@ -728,14 +730,7 @@ impl Store for PgStore {
         let transition = apply_command(experiment.phase, experiment.promoted, command)?;
         experiment.record(&transition, now);
         let seq = save_experiment(&mut tx, &experiment).await?;
-        let event = common::phase_event(
-            &experiment,
-            seq,
-            transition.from,
-            transition.to,
-            &transition.message,
-            now,
-        );
+        let event = common::phase_event(&experiment, seq, &transition, now);
         insert_event(&mut tx, &event).await?;
         if let Some(reason) = common::cancels_queued_tasks(command) {
             sqlx::query(
@@ -747,6 +742,20 @@ impl Store for PgStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+        }
+        if let ExperimentCommand::ExcludeTargets { targets } = command {
+            for (host, _) in targets {
+                sqlx::query(
+                    "UPDATE tasks SET status = 'failed', error = $3, finished_at = $4, updated_at = $4
+                     WHERE experiment_id = $1 AND host_id = $2 AND status = 'pending'",
+                )
+                .bind(id.as_uuid())
+                .bind(host.as_str())
+                .bind("cancelled: the target was excluded from the experiment")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         let mut tasks = Vec::with_capacity(enqueue.len());
         let mut woken = Vec::new();
