@@ -21,13 +21,18 @@ trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WO
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_mb() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 metric() { curl -fsS "http://$1/metrics" | awk -v n="$2" '$1 == n {print $2}'; }
-post() { curl -fsS -X POST -H 'content-type: application/json' "$@"; }
+post() { curl -fsS -X POST -H 'content-type: application/json' -H "authorization: Bearer $ACCESS" "$@"; }
 hz=$(getconf CLK_TCK)
 
-PHOENIX_ENROLLMENT_TOKEN="$TOKEN" "$BIN/phoenix-api" --listen "127.0.0.1:${PORT}" \
+PHOENIX_ENROLLMENT_TOKEN="$TOKEN" PHOENIX_ADMIN_PASSWORD="$TOKEN" \
+  "$BIN/phoenix-api" --listen "127.0.0.1:${PORT}" \
   --data-dir "$WORK/api" >"$WORK/api.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do curl -fsS "$API/ready" >/dev/null 2>&1 && break; sleep 0.1; done
+# Tasks and experiments are an admin's (operator's) calls: log in as the first admin.
+ACCESS="$(curl -fsS -H 'content-type: application/json' \
+  -d "{\"username\":\"admin\",\"password\":\"$TOKEN\"}" "$API/api/v1/auth/login" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')"
 
 start_agent() { # name, extra env...
   local name=$1; shift
