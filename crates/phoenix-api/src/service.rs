@@ -81,6 +81,9 @@ pub struct Service {
     /// Per experiment, the last interval this replica asked to analyse: each replica tries
     /// to claim an interval once, not on every tick.
     pub(crate) analysis_attempted: DashMap<ExperimentId, i64>,
+    /// When this replica last heard a heartbeat from each host: a parked long-poll whose
+    /// agent has gone quiet (frozen, partitioned) stops claiming for it.
+    last_heard: DashMap<HostId, tokio::time::Instant>,
     /// Real-time events for WebSocket clients (`/api/v1/ws`): stored, then fanned out.
     pub events: crate::ws::Publisher,
 }
@@ -277,6 +280,7 @@ impl Service {
             claims,
             analyses_run: std::sync::atomic::AtomicU64::new(0),
             analysis_attempted: DashMap::new(),
+            last_heard: DashMap::new(),
         }
     }
 
@@ -588,9 +592,25 @@ impl Service {
     /// no database connection) until woken or until `wait` passes.
     pub async fn poll_tasks(&self, host: &HostId, wait: Duration) -> ServiceResult<Vec<Task>> {
         let wait = wait.min(self.timings.long_poll_max);
-        let deadline = tokio::time::Instant::now() + wait;
+        let started = tokio::time::Instant::now();
+        let deadline = started + wait;
+        // Two heartbeats missed while parked: the agent may be frozen (SIGSTOP) or cut off,
+        // and what this poll claimed would sit with it until the lease lapses. Answer empty
+        // instead; a live agent whose heartbeats reach another replica just polls again.
+        let quiet_after = self.timings.heartbeat_interval * 2 + Duration::from_secs(1);
         let registration = self.waiters.register(host);
+        let mut woken = false;
         loop {
+            if woken && started.elapsed() > quiet_after {
+                let heard = self
+                    .last_heard
+                    .get(host)
+                    .map_or(started, |t| (*t).max(started));
+                if heard.elapsed() > quiet_after {
+                    tracing::debug!(host_id = %host, "parked poll of a quiet agent ends without claiming");
+                    return Ok(Vec::new());
+                }
+            }
             // Arm both notifications before looking, so an enqueue between the claim and the
             // wait is not missed.
             let host_notified = registration.notify.notified();
@@ -613,6 +633,7 @@ impl Service {
                 _ = &mut any_notified => {}
                 _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
             }
+            woken = true;
         }
     }
 
@@ -967,6 +988,8 @@ impl Service {
     /// experiment task stays with a live agent and returns to the queue when it goes quiet.
     pub async fn heartbeat(&self, host: &HostId, hb: Heartbeat) -> ServiceResult<u64> {
         hb.validate()?;
+        self.last_heard
+            .insert(host.clone(), tokio::time::Instant::now());
         let held = hb.held_tasks.clone();
         let renewed = batched(self.heartbeats.call((host.clone(), hb)).await, "heartbeat")?;
         // More leases than tasks the agent holds: some delivery was lost.

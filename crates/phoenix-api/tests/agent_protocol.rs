@@ -500,3 +500,65 @@ async fn credentials_changed_on_one_replica_are_honoured_by_another() {
     drop(b);
     drop_pg_database(&name).await;
 }
+
+/// An agent that stops heartbeating while its long-poll is parked (frozen by SIGSTOP, cut
+/// off) is not handed work by that poll: it answers empty and the task stays queued for a
+/// live agent. An agent that keeps heartbeating gets its task as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_poll_of_an_agent_gone_quiet_claims_nothing() {
+    let config = phoenix_api::Config {
+        agent_heartbeat_interval: Duration::from_secs(1),
+        ..test_config()
+    };
+    let s = start_sqlite_with(config, Arc::new(phoenix_core::SystemClock)).await;
+    let secret = s.enroll("node-a").await;
+    let agent = s.agent("node-a", &secret);
+
+    // Quiet: no heartbeat for longer than two intervals (plus a second) while parked.
+    let poll = agent.poll("20s");
+    let enqueue = async {
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        let res = s
+            .post(
+                "/api/v1/tasks",
+                json!({ "type": "health", "host_id": "node-a" }),
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+        res.json::<Value>().await.unwrap()
+    };
+    let (res, queued) = tokio::join!(poll, enqueue);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["tasks"].as_array().unwrap().len(), 0, "{body}");
+    let id = queued["task"]["id"].as_str().unwrap().to_string();
+    let task: Value = s
+        .get(&format!("/api/v1/tasks/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(task["status"], "pending", "{task}");
+    // A fresh poll (the agent is back) takes it.
+    let body: Value = agent.poll("0").await.json().await.unwrap();
+    assert_eq!(body["tasks"][0]["id"], id.as_str(), "{body}");
+
+    // Heartbeating while parked: the poll claims what is queued for it.
+    let poll = agent.poll("20s");
+    let beat_then_enqueue = async {
+        for _ in 0..7 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let res = agent.post("/api/v1/agent/heartbeat", json!({})).await;
+            assert_eq!(res.status(), 200);
+        }
+        let res = s
+            .post(
+                "/api/v1/tasks",
+                json!({ "type": "health", "host_id": "node-a" }),
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+    };
+    let (res, ()) = tokio::join!(poll, beat_then_enqueue);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["tasks"].as_array().unwrap().len(), 1, "{body}");
+}
