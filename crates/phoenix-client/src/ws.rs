@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::{Client, ClientError, ClientResult};
 
@@ -88,7 +88,8 @@ impl Client {
         }
     }
 
-    /// Connect to the hub with this client's token (sent as `Authorization: Bearer`).
+    /// Connect to the hub with this client's token (sent as `Authorization: Bearer`). Over
+    /// `wss://`, the server is trusted as for HTTPS (the web roots, plus the CA file).
     pub async fn event_stream(&self) -> ClientResult<EventStream> {
         let url = self.ws_url();
         let mut req = url
@@ -117,7 +118,13 @@ impl Client {
         let config = WebSocketConfig::default()
             .read_buffer_size(16 * 1024)
             .write_buffer_size(0);
-        let connect = tokio_tungstenite::connect_async_with_config(req, Some(config), false);
+        let connector = Connector::Rustls(self.tls.clone());
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            req,
+            Some(config),
+            false,
+            Some(connector),
+        );
         let (socket, _) = tokio::time::timeout(std::time::Duration::from_secs(10), connect)
             .await
             .map_err(|_| ClientError::Unreachable {
@@ -160,10 +167,22 @@ fn handshake_error(url: &str, e: tungstenite::Error) -> ClientError {
                 details: Value::Null,
             }
         }
-        other => ClientError::Unreachable {
-            url: url.to_string(),
-            reason: other.to_string(),
-        },
+        other => {
+            let tls = match &other {
+                tungstenite::Error::Tls(tungstenite::error::TlsError::Rustls(r)) => Some(&**r),
+                _ => crate::tls::rustls_cause(&other),
+            };
+            match tls.filter(|r| crate::tls::is_untrusted(r)) {
+                Some(r) => ClientError::Untrusted {
+                    url: url.to_string(),
+                    reason: r.to_string(),
+                },
+                None => ClientError::Unreachable {
+                    url: url.to_string(),
+                    reason: other.to_string(),
+                },
+            }
+        }
     }
 }
 
