@@ -46,6 +46,11 @@ pub struct GlobalArgs {
     /// Seconds to wait for each API request.
     #[arg(long, global = true, default_value_t = 30, value_name = "SECONDS")]
     pub timeout: u64,
+    /// A CA certificate (PEM) to trust besides the web roots, for an https:// server signed
+    /// by a private CA (REST and the wss:// hub); overrides $PHOENIX_CA_FILE and the
+    /// context's `ca_file`. With `context set` and `login`, stored in the context.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,8 +149,8 @@ pub enum ExperimentCmd {
     },
     /// Phase, reason and progress of an experiment.
     ///
-    /// With --watch, polls the API every --interval (2 s) until the experiment reaches a
-    /// terminal phase (the WebSocket hub does not exist yet, so this is polling).
+    /// With --watch, follows the experiment on the WebSocket hub until it reaches a terminal
+    /// phase; when the hub cannot be used, polls the API every --interval (2 s) instead.
     Status {
         id: String,
         #[command(flatten)]
@@ -153,8 +158,8 @@ pub enum ExperimentCmd {
     },
     /// The experiment's history, oldest first.
     ///
-    /// With --watch, polls the API every --interval (2 s) for new events until the
-    /// experiment reaches a terminal phase (polling: the WebSocket hub does not exist yet).
+    /// With --watch, prints new events as they come (WebSocket hub, or polling every
+    /// --interval when the hub cannot be used) until the experiment reaches a terminal phase.
     Events {
         id: String,
         #[command(flatten)]
@@ -177,10 +182,10 @@ pub enum ExperimentCmd {
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
-    /// Keep polling until the experiment ends; exit 4 if it ends failed, rolled back or stopped.
+    /// Follow until the experiment ends; exit 4 if it ends failed, rolled back or stopped.
     #[arg(short, long)]
     pub watch: bool,
-    /// Poll interval with --watch.
+    /// Poll interval with --watch when the hub cannot be used.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub interval: std::time::Duration,
 }
@@ -382,8 +387,8 @@ pub enum ContextCmd {
     List,
     /// Make NAME the current context.
     Use { name: String },
-    /// Add or update a context: `phoenix context set NAME --server URL [--token T]`
-    /// (the first one added becomes current).
+    /// Add or update a context: `phoenix context set NAME --server URL [--token T]
+    /// [--ca-file FILE]` (the first one added becomes current; `--ca-file ''` removes it).
     Set {
         name: String,
         /// A token to send as `Authorization: Bearer` (see `phoenix login`).
