@@ -650,7 +650,12 @@ fn series(scrape: &str, key: &str) -> f64 {
 }
 
 async fn scrape(s: &TestServer) -> String {
-    let res = s.anon.get(format!("{}/metrics", s.base)).send().await.unwrap();
+    let res = s
+        .anon
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     res.text().await.unwrap()
 }
@@ -683,8 +688,20 @@ async fn hub_series_on_metrics_follow_connections_subscriptions_and_events(s: &T
     const BINARY: &str = r#"phoenix_ws_disconnects_total{reason="binary_frame"}"#;
 
     let before = scrape(s).await;
-    for key in [CONNECTIONS, SUBS_ALL, SUBS_ONE, LIVE, STORED, RESUMES, CLOSED, BINARY] {
-        assert!(before.contains(&format!("{key} 0")), "{key} missing or not 0:\n{before}");
+    for key in [
+        CONNECTIONS,
+        SUBS_ALL,
+        SUBS_ONE,
+        LIVE,
+        STORED,
+        RESUMES,
+        CLOSED,
+        BINARY,
+    ] {
+        assert!(
+            before.contains(&format!("{key} 0")),
+            "{key} missing or not 0:\n{before}"
+        );
     }
     let published_before = series(&before, PUBLISHED);
 
@@ -706,7 +723,9 @@ async fn hub_series_on_metrics_follow_connections_subscriptions_and_events(s: &T
 
     // A resume from 0 on the experiment's topic is served from the store.
     let mut resumed = Ws::open(s).await;
-    resumed.subscribe(&format!("experiments/{id}"), Some(0)).await;
+    resumed
+        .subscribe(&format!("experiments/{id}"), Some(0))
+        .await;
     let replayed = resumed.event().await;
     assert_eq!(replayed["seq"], 1, "{replayed}");
     let text = scrape(s).await;

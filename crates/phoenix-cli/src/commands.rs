@@ -311,7 +311,11 @@ async fn login(
         Some(s) => s.trim_end_matches('/').to_string(),
         None => target.server,
     };
-    let ca_file = target.ca_file.as_deref().map(ca_file_for_context).transpose()?;
+    let ca_file = target
+        .ca_file
+        .as_deref()
+        .map(ca_file_for_context)
+        .transpose()?;
     let c = Client::with_ca_file(
         &server,
         None,

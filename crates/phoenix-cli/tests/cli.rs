@@ -960,7 +960,11 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// Forward the connection's requests one by one (keep-alive) until the client leaves.
-async fn proxy_connection(socket: tokio::net::TcpStream, client: reqwest::Client, upstream: String) {
+async fn proxy_connection(
+    socket: tokio::net::TcpStream,
+    client: reqwest::Client,
+    upstream: String,
+) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     let mut socket = BufReader::new(socket);
     loop {
@@ -1066,8 +1070,14 @@ fn watch_falls_back_to_polling_behind_a_proxy_without_websockets() {
     std::thread::sleep(Duration::from_millis(1000));
     env.ok(&["experiment", "start", id]);
     std::thread::sleep(Duration::from_millis(1000));
-    assert!(status.try_wait().unwrap().is_none(), "status watch ended early");
-    assert!(events.try_wait().unwrap().is_none(), "events watch ended early");
+    assert!(
+        status.try_wait().unwrap().is_none(),
+        "status watch ended early"
+    );
+    assert!(
+        events.try_wait().unwrap().is_none(),
+        "events watch ended early"
+    );
     env.ok(&["experiment", "stop", id, "--reason", "seen by polling"]);
 
     for child in [&mut status, &mut events] {

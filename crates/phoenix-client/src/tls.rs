@@ -19,7 +19,9 @@ pub(crate) fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConf
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
         for cert in read_ca_file(path)? {
-            roots.add(cert).map_err(|e| ca_error(path, format!("unusable certificate: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| ca_error(path, format!("unusable certificate: {e}")))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -106,7 +108,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
         let e = client_config(Some(&missing)).unwrap_err().to_string();
-        assert!(e.contains("missing.pem") && e.contains("cannot read"), "{e}");
+        assert!(
+            e.contains("missing.pem") && e.contains("cannot read"),
+            "{e}"
+        );
 
         let der = write(dir.path(), "ca.der", &[0x30, 0x82, 0x01, 0x0a, 0x02]);
         let e = client_config(Some(&der)).unwrap_err().to_string();
@@ -126,7 +131,10 @@ mod tests {
             b"-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n",
         );
         let e = client_config(Some(&broken)).unwrap_err().to_string();
-        assert!(e.contains("broken.pem") && e.contains("not valid PEM"), "{e}");
+        assert!(
+            e.contains("broken.pem") && e.contains("not valid PEM"),
+            "{e}"
+        );
     }
 
     #[test]

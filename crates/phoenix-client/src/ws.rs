@@ -290,7 +290,8 @@ mod tests {
 
     #[test]
     fn a_refused_upgrade_keeps_the_api_error_or_at_least_its_status() {
-        let body = r#"{"error":{"code":"websocket_upgrade_required","message":"use a WebSocket client"}}"#;
+        let body =
+            r#"{"error":{"code":"websocket_upgrade_required","message":"use a WebSocket client"}}"#;
         let e = refused(400, Some(body));
         assert_eq!(e.status(), Some(400));
         assert_eq!(

@@ -297,7 +297,10 @@ fn ok(out: &Output, what: &str) -> String {
 fn failure(out: &Output) -> (Option<i32>, String) {
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(err.lines().count(), 1, "one stderr line expected: {err}");
-    assert!(err.starts_with("error: ") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.starts_with("error: ") && !err.contains("panicked"),
+        "{err}"
+    );
     (out.status.code(), err)
 }
 
@@ -331,7 +334,14 @@ async fn the_cli_trusts_a_private_ca_for_rest_and_the_wss_hub() {
     );
     let config = dir.path().join("cli/config.yaml");
     let password = format!("{ADMIN_PASSWORD}\n");
-    let login = ["--server", base, "login", "-u", ADMIN_USER, "--password-stdin"];
+    let login = [
+        "--server",
+        base,
+        "login",
+        "-u",
+        ADMIN_USER,
+        "--password-stdin",
+    ];
     let login_with = |ca: &str| {
         let mut args = vec!["--ca-file", ca];
         args.extend_from_slice(&login);
@@ -353,7 +363,10 @@ async fn the_cli_trusts_a_private_ca_for_rest_and_the_wss_hub() {
     // A CA file that cannot be used: exit 2, naming the file and the problem.
     let (code, err) = failure(&login_with(missing));
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains(missing) && err.contains("cannot read"), "{err}");
+    assert!(
+        err.contains(missing) && err.contains("cannot read"),
+        "{err}"
+    );
     let (code, err) = failure(&login_with(junk));
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains(junk) && err.contains("not PEM"), "{err}");
@@ -363,7 +376,10 @@ async fn the_cli_trusts_a_private_ca_for_rest_and_the_wss_hub() {
     ok(&login_with(ca_file), "login with --ca-file");
     let yaml = std::fs::read_to_string(&config).unwrap();
     assert!(yaml.contains(&format!("ca_file: {ca_file}")), "{yaml}");
-    let list = ok(&cli(&config, &["experiment", "list", "-o", "json"], &[], ""), "list");
+    let list = ok(
+        &cli(&config, &["experiment", "list", "-o", "json"], &[], ""),
+        "list",
+    );
     let page: serde_json::Value = serde_json::from_str(&list).unwrap();
     assert_eq!(page["total"], 0);
 
@@ -390,7 +406,10 @@ async fn the_cli_trusts_a_private_ca_for_rest_and_the_wss_hub() {
         "--token",
         token.as_str(),
     ];
-    ok(&cli(&other_config, &set, &[], ""), "context set without a CA");
+    ok(
+        &cli(&other_config, &set, &[], ""),
+        "context set without a CA",
+    );
     let (code, _) = failure(&cli(&other_config, &["fleet", "status"], &[], ""));
     assert_eq!(code, Some(3));
     ok(
@@ -429,9 +448,21 @@ async fn the_cli_trusts_a_private_ca_for_rest_and_the_wss_hub() {
         &cli(
             &config,
             &[
-                "experiment", "create", "--name", "over tls", "--baseline", "baseline",
-                "--candidate", "adaptive", "--hosts", "h1", "--duration", "10m", "--start",
-                "-o", "json",
+                "experiment",
+                "create",
+                "--name",
+                "over tls",
+                "--baseline",
+                "baseline",
+                "--candidate",
+                "adaptive",
+                "--hosts",
+                "h1",
+                "--duration",
+                "10m",
+                "--start",
+                "-o",
+                "json",
             ],
             &[],
             "",
@@ -459,7 +490,10 @@ async fn the_cli_trusts_a_private_ca_for_rest_and_the_wss_hub() {
     let id = id.as_str();
     let mut status = watch(&["status", id], "status.err");
     let mut events = watch(&["events", id, "-o", "json"], "events.err");
-    let following = format!("following {id} on {}/api/v1/ws", base.replacen("https", "wss", 1));
+    let following = format!(
+        "following {id} on {}/api/v1/ws",
+        base.replacen("https", "wss", 1)
+    );
     for log in ["status.err", "events.err"] {
         let path = dir.path().join(log);
         let following = following.clone();
@@ -476,14 +510,22 @@ async fn the_cli_trusts_a_private_ca_for_rest_and_the_wss_hub() {
         .await;
     }
     ok(
-        &cli(&config, &["experiment", "stop", id, "--reason", "tls done"], &[], ""),
+        &cli(
+            &config,
+            &["experiment", "stop", id, "--reason", "tls done"],
+            &[],
+            "",
+        ),
         "stop",
     );
     assert_eq!(exit_code(&mut status), Some(4));
     assert_eq!(exit_code(&mut events), Some(4));
     let out = status.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("stopped") && text.contains("tls done"), "{text}");
+    assert!(
+        text.contains("stopped") && text.contains("tls done"),
+        "{text}"
+    );
     let out = events.wait_with_output().unwrap();
     let last = String::from_utf8_lossy(&out.stdout)
         .lines()

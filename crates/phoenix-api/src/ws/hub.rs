@@ -194,12 +194,16 @@ impl HubStats {
 
     /// Count a connection ending for `reason` (one of [`DISCONNECT_REASONS`]).
     pub fn disconnected(&self, reason: &'static str) {
-        self.disconnects.get_or_create(&ReasonLabel { reason }).inc();
+        self.disconnects
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Connections ended for `reason` so far.
     pub fn disconnects(&self, reason: &'static str) -> u64 {
-        self.disconnects.get_or_create(&ReasonLabel { reason }).get()
+        self.disconnects
+            .get_or_create(&ReasonLabel { reason })
+            .get()
     }
 }
 
@@ -247,7 +251,10 @@ impl Hub {
 
     /// Events this process appended (already committed).
     pub fn published(&self, events: Vec<TopicEvent>) {
-        self.shared.stats.events_published.inc_by(events.len() as u64);
+        self.shared
+            .stats
+            .events_published
+            .inc_by(events.len() as u64);
         for e in events {
             let _ = self.tx.send(Incoming::Notice(TopicNotice::Event(e)));
         }
