@@ -10,7 +10,8 @@ use crate::output::Format;
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 ok, 1 the API refused the request, 2 usage or input error, \
-3 the server cannot be reached, 4 a --watch ended in failed, rolled_back or stopped.
+3 the server cannot be reached or its certificate is not trusted (see --ca-file), \
+4 a --watch ended in failed, rolled_back or stopped.
 
 Plugins: `phoenix foo ARGS…` runs `phoenix-foo ARGS…` from PATH with PHOENIX_SERVER and \
 PHOENIX_TOKEN set.";

@@ -1,6 +1,7 @@
 //! The CLI's config file: named contexts (a server URL, an optional bearer token and an
-//! optional CA file for a server signed by a private CA) and the current one, in `~/.config/phoenix/config.yaml` (`$PHOENIX_CONFIG` overrides the path).
-//! Written with mode 0600 because it may hold tokens.
+//! optional CA file for a server signed by a private CA) and the current one, in
+//! `~/.config/phoenix/config.yaml` (`$PHOENIX_CONFIG` overrides the path). Written with mode
+//! 0600 because it may hold tokens.
 
 use std::path::{Path, PathBuf};
 
@@ -176,7 +177,13 @@ mod tests {
         );
         let mut c = Config::default();
         c.set_context("a", "http://a", Some("tok".into()));
+        c.set_context("b", "https://b", None);
+        if let Some(b) = c.context_mut("b") {
+            b.ca_file = Some("/etc/phoenix/ca.pem".into());
+        }
         c.save(&path).expect("save");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.contains("ca_file: /etc/phoenix/ca.pem"), "{text}");
         assert_eq!(Config::load(&path).expect("load"), c);
     }
 

@@ -1,6 +1,7 @@
 //! Exit codes and the one-line error the CLI prints. 0 ok, 1 the API refused (4xx/5xx),
 //! 2 usage or local input (bad flags, unreadable or invalid files, unknown context),
-//! 3 the server cannot be reached (or its TLS certificate is not trusted), 4 a `--watch` ended in `failed`, `rolled_back` or `stopped`.
+//! 3 the server cannot be reached (or its TLS certificate is not trusted), 4 a `--watch`
+//! ended in `failed`, `rolled_back` or `stopped`.
 
 use phoenix_client::ClientError;
 
