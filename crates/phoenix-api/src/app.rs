@@ -86,9 +86,11 @@ impl AppState {
         bootstrap_admin(&auth, &config).await?;
         let limiter = crate::auth::RateLimiter::new(config.rate_limits());
         let service = Service::new(store, clock, Arc::new(Waiters::default()), timings, token);
+        let mut metrics = Metrics::new();
+        metrics.register_hub(service.events.hub.stats());
         Ok(Self {
             service: Arc::new(service),
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::new(metrics),
             scrape_lock: Arc::new(tokio::sync::Mutex::new(())),
             config: Arc::new(config),
             auth: Arc::new(auth),

@@ -159,6 +159,41 @@ impl Metrics {
         }
     }
 
+    /// The WebSocket hub's series (`phoenix_ws_*`), sharing their values with `stats`.
+    pub fn register_hub(&mut self, stats: &crate::ws::hub::HubStats) {
+        let r = &mut self.registry;
+        r.register(
+            "phoenix_ws_connections",
+            "Open WebSocket connections to the hub in this process, authenticated or not",
+            stats.connections.clone(),
+        );
+        r.register(
+            "phoenix_ws_subscriptions",
+            "Hub subscriptions in this process, by topic kind",
+            stats.subscriptions.clone(),
+        );
+        r.register(
+            "phoenix_ws_events_published",
+            "Topic events this process stored and handed to its hub",
+            stats.events_published.clone(),
+        );
+        r.register(
+            "phoenix_ws_events_delivered",
+            "Event frames written to WebSocket clients, live or replayed from the store",
+            stats.events_delivered.clone(),
+        );
+        r.register(
+            "phoenix_ws_disconnects",
+            "WebSocket connections ended, by reason (the close code's meaning)",
+            stats.disconnects.clone(),
+        );
+        r.register(
+            "phoenix_ws_resumes",
+            "Subscriptions with after_seq: resumes served from the store",
+            stats.resumes.clone(),
+        );
+    }
+
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::with_capacity(16 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;

@@ -6,7 +6,6 @@
 #[macro_use]
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +31,7 @@ on_both_backends!(
     slow_client_is_closed_with_4008_while_another_keeps_receiving,
     bad_tokens_messages_and_topics_are_refused_with_reasons,
     fleet_and_kpi_topics_carry_summaries,
+    hub_series_on_metrics_follow_connections_subscriptions_and_events,
 );
 
 const BUFFER: usize = 64;
@@ -357,7 +357,7 @@ async fn slow_client_is_closed_with_4008_while_another_keeps_receiving(s: &TestS
     let blob = "x".repeat(64 * 1024);
     let mut published = 0i64;
     // Large events fill the socket buffers of the client that does not read, then its queue.
-    while stats.stats().slow_consumers_closed.load(Ordering::Relaxed) == 0 {
+    while stats.stats().disconnects("slow_consumer") == 0 {
         assert!(published < 5_000, "the slow client was never cut off");
         // Pace on the fast client so that only the slow one falls behind.
         while *progress.borrow() < published - (BUFFER as i64) / 2 {
@@ -637,4 +637,116 @@ async fn events_published_on_one_replica_reach_clients_of_another() {
     on_a.assert_nothing_pending().await;
     drop((on_a, on_b, fleet_b, a, b));
     drop_pg_database(&name).await;
+}
+
+/// One series of a `/metrics` scrape (`name{labels}` as the exposition prints it), 0 when
+/// absent.
+fn series(scrape: &str, key: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+async fn scrape(s: &TestServer) -> String {
+    let res = s
+        .anon
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.text().await.unwrap()
+}
+
+/// Scrape until `check` holds (a connection's end is counted by its own task).
+async fn scrape_until(s: &TestServer, what: &str, check: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = scrape(s).await;
+        if check(&text) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}; last scrape:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn hub_series_on_metrics_follow_connections_subscriptions_and_events(s: &TestServer) {
+    const CONNECTIONS: &str = "phoenix_ws_connections";
+    const SUBS_ALL: &str = r#"phoenix_ws_subscriptions{topic="experiments"}"#;
+    const SUBS_ONE: &str = r#"phoenix_ws_subscriptions{topic="experiments/{id}"}"#;
+    const PUBLISHED: &str = "phoenix_ws_events_published_total";
+    const LIVE: &str = r#"phoenix_ws_events_delivered_total{source="live"}"#;
+    const STORED: &str = r#"phoenix_ws_events_delivered_total{source="store"}"#;
+    const RESUMES: &str = "phoenix_ws_resumes_total";
+    const CLOSED: &str = r#"phoenix_ws_disconnects_total{reason="client_closed"}"#;
+    const BINARY: &str = r#"phoenix_ws_disconnects_total{reason="binary_frame"}"#;
+
+    let before = scrape(s).await;
+    for key in [
+        CONNECTIONS,
+        SUBS_ALL,
+        SUBS_ONE,
+        LIVE,
+        STORED,
+        RESUMES,
+        CLOSED,
+        BINARY,
+    ] {
+        assert!(
+            before.contains(&format!("{key} 0")),
+            "{key} missing or not 0:\n{before}"
+        );
+    }
+    let published_before = series(&before, PUBLISHED);
+
+    // A live follower of `experiments`: one connection, one subscription, one event
+    // published and delivered live.
+    let mut all = Ws::open(s).await;
+    all.subscribe("experiments", None).await;
+    let text = scrape(s).await;
+    assert_eq!(series(&text, CONNECTIONS), 1.0, "{text}");
+    assert_eq!(series(&text, SUBS_ALL), 1.0, "{text}");
+    let id = create(s, "counted").await;
+    let e = all.event().await;
+    assert_eq!(e["kind"], "created", "{e}");
+    let text = scrape(s).await;
+    // `created` on `experiments` and on `experiments/{id}`.
+    assert!(series(&text, PUBLISHED) >= published_before + 2.0, "{text}");
+    assert_eq!(series(&text, LIVE), 1.0, "{text}");
+    assert_eq!(series(&text, STORED), 0.0, "{text}");
+
+    // A resume from 0 on the experiment's topic is served from the store.
+    let mut resumed = Ws::open(s).await;
+    resumed
+        .subscribe(&format!("experiments/{id}"), Some(0))
+        .await;
+    let replayed = resumed.event().await;
+    assert_eq!(replayed["seq"], 1, "{replayed}");
+    let text = scrape(s).await;
+    assert_eq!(series(&text, CONNECTIONS), 2.0, "{text}");
+    assert_eq!(series(&text, SUBS_ONE), 1.0, "{text}");
+    assert_eq!(series(&text, RESUMES), 1.0, "{text}");
+    assert_eq!(series(&text, STORED), 1.0, "{text}");
+
+    // One is closed by the server (binary frame), the other leaves on its own: both are
+    // counted by reason, and their subscriptions are gone.
+    resumed
+        .socket
+        .send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    assert_eq!(resumed.closed().await.0, 1003);
+    all.socket.close(None).await.unwrap();
+    let text = scrape_until(s, "both disconnects counted", |t| {
+        series(t, CONNECTIONS) == 0.0 && series(t, CLOSED) == 1.0 && series(t, BINARY) == 1.0
+    })
+    .await;
+    assert_eq!(series(&text, SUBS_ALL), 0.0, "{text}");
+    assert_eq!(series(&text, SUBS_ONE), 0.0, "{text}");
 }

@@ -10,7 +10,8 @@ use crate::output::Format;
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 ok, 1 the API refused the request, 2 usage or input error, \
-3 the server cannot be reached, 4 a --watch ended in failed, rolled_back or stopped.
+3 the server cannot be reached or its certificate is not trusted (see --ca-file), \
+4 a --watch ended in failed, rolled_back or stopped.
 
 Plugins: `phoenix foo ARGS…` runs `phoenix-foo ARGS…` from PATH with PHOENIX_SERVER and \
 PHOENIX_TOKEN set.";
@@ -46,6 +47,11 @@ pub struct GlobalArgs {
     /// Seconds to wait for each API request.
     #[arg(long, global = true, default_value_t = 30, value_name = "SECONDS")]
     pub timeout: u64,
+    /// A CA certificate (PEM) to trust besides the web roots, for an https:// server signed
+    /// by a private CA (REST and the wss:// hub); overrides $PHOENIX_CA_FILE and the
+    /// context's `ca_file`. With `context set` and `login`, stored in the context.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,8 +150,8 @@ pub enum ExperimentCmd {
     },
     /// Phase, reason and progress of an experiment.
     ///
-    /// With --watch, polls the API every --interval (2 s) until the experiment reaches a
-    /// terminal phase (the WebSocket hub does not exist yet, so this is polling).
+    /// With --watch, follows the experiment on the WebSocket hub until it reaches a terminal
+    /// phase; when the hub cannot be used, polls the API every --interval (2 s) instead.
     Status {
         id: String,
         #[command(flatten)]
@@ -153,8 +159,8 @@ pub enum ExperimentCmd {
     },
     /// The experiment's history, oldest first.
     ///
-    /// With --watch, polls the API every --interval (2 s) for new events until the
-    /// experiment reaches a terminal phase (polling: the WebSocket hub does not exist yet).
+    /// With --watch, prints new events as they come (WebSocket hub, or polling every
+    /// --interval when the hub cannot be used) until the experiment reaches a terminal phase.
     Events {
         id: String,
         #[command(flatten)]
@@ -177,10 +183,10 @@ pub enum ExperimentCmd {
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
-    /// Keep polling until the experiment ends; exit 4 if it ends failed, rolled back or stopped.
+    /// Follow until the experiment ends; exit 4 if it ends failed, rolled back or stopped.
     #[arg(short, long)]
     pub watch: bool,
-    /// Poll interval with --watch.
+    /// Poll interval with --watch when the hub cannot be used.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub interval: std::time::Duration,
 }
@@ -382,8 +388,8 @@ pub enum ContextCmd {
     List,
     /// Make NAME the current context.
     Use { name: String },
-    /// Add or update a context: `phoenix context set NAME --server URL [--token T]`
-    /// (the first one added becomes current).
+    /// Add or update a context: `phoenix context set NAME --server URL [--token T]
+    /// [--ca-file FILE]` (the first one added becomes current; `--ca-file ''` removes it).
     Set {
         name: String,
         /// A token to send as `Authorization: Bearer` (see `phoenix login`).

@@ -20,10 +20,22 @@ pub struct Target {
     /// The context's refresh token, when its token came from the context (not the env).
     pub refresh_token: Option<String>,
     pub context: Option<String>,
+    /// A CA certificate (PEM) trusted besides the web roots.
+    pub ca_file: Option<String>,
+}
+
+/// `--ca-file`, else `$PHOENIX_CA_FILE` (not the context's).
+fn ca_override(global: &GlobalArgs) -> Option<String> {
+    global
+        .ca_file
+        .clone()
+        .or_else(|| std::env::var("PHOENIX_CA_FILE").ok())
+        .filter(|v| !v.is_empty())
 }
 
 /// `--server`, else `$PHOENIX_SERVER`, else the context's (`--context` or the current one),
-/// else the default; the token is `$PHOENIX_TOKEN`, else the context's.
+/// else the default; the token is `$PHOENIX_TOKEN`, else the context's; the CA file is
+/// `--ca-file`, else `$PHOENIX_CA_FILE`, else the context's.
 pub fn resolve(global: &GlobalArgs, config: &Config) -> CliResult<Target> {
     let context = match &global.context {
         Some(name) => Some(config.context(name).ok_or_else(|| {
@@ -56,16 +68,32 @@ pub fn resolve(global: &GlobalArgs, config: &Config) -> CliResult<Target> {
         token,
         refresh_token,
         context: context.map(|c| c.name.clone()),
+        ca_file: ca_override(global).or_else(|| context.and_then(|c| c.ca_file.clone())),
     })
 }
 
 pub fn client(global: &GlobalArgs, target: &Target) -> CliResult<Client> {
-    Ok(Client::new(
+    Ok(Client::with_ca_file(
         &target.server,
         target.token.clone(),
         Duration::from_secs(global.timeout.max(1)),
+        target.ca_file.as_deref().map(Path::new),
     )?
     .with_refresh_token(target.refresh_token.clone()))
+}
+
+/// A CA file as a context stores it: checked (readable, PEM, with a certificate) and made
+/// absolute, so the context works from any directory.
+fn ca_file_for_context(ca_file: &str) -> CliResult<String> {
+    let path = std::path::absolute(ca_file)
+        .map_err(|e| CliError::usage(format!("CA file {ca_file}: {e}")))?;
+    Client::with_ca_file(
+        DEFAULT_SERVER,
+        None,
+        Duration::from_secs(1),
+        Some(path.as_path()),
+    )?;
+    Ok(path.display().to_string())
 }
 
 /// After a command: if the client refreshed its tokens, write the new pair to the context
@@ -184,10 +212,12 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
             let ctx = config.context(&name).cloned();
             if let Some(ctx) = ctx.filter(|c| c.refresh_token.is_some()) {
                 // A password login: end the session on the server too.
-                let c = Client::new(
+                let ca_file = ca_override(g).or_else(|| ctx.ca_file.clone());
+                let c = Client::with_ca_file(
                     &ctx.server,
                     ctx.token.clone(),
                     Duration::from_secs(g.timeout.max(1)),
+                    ca_file.as_deref().map(Path::new),
                 )?
                 .with_refresh_token(ctx.refresh_token.clone());
                 if let Err(e) = c.logout().await {
@@ -276,14 +306,28 @@ async fn login(
         ));
     };
     let name = context_for_write(g, config)?;
+    let target = resolve(g, config)?;
     let server = match &g.server {
         Some(s) => s.trim_end_matches('/').to_string(),
-        None => resolve(g, config)?.server,
+        None => target.server,
     };
-    let c = Client::new(&server, None, Duration::from_secs(g.timeout.max(1)))?;
+    let ca_file = target
+        .ca_file
+        .as_deref()
+        .map(ca_file_for_context)
+        .transpose()?;
+    let c = Client::with_ca_file(
+        &server,
+        None,
+        Duration::from_secs(g.timeout.max(1)),
+        ca_file.as_deref().map(Path::new),
+    )?;
     let tokens = c.login(&username, &password).await?;
     if let Some(ctx) = config.context_mut(&name) {
         ctx.server = server.clone();
+        if ca_file.is_some() {
+            ctx.ca_file = ca_file;
+        }
         ctx.token = Some(tokens.access_token);
         ctx.refresh_token = Some(tokens.refresh_token);
         ctx.username = Some(tokens.user.username.clone());
@@ -332,12 +376,13 @@ fn context(cmd: ContextCmd, g: &GlobalArgs, config: &mut Config, path: &Path) ->
                         "name": c.name,
                         "server": c.server,
                         "token": c.token.is_some(),
+                        "ca_file": c.ca_file,
                         "current": current.as_deref() == Some(c.name.as_str()),
                     })
                 })
                 .collect();
             emit(g.output, &rows, || {
-                let mut t = Table::new(&["CURRENT", "NAME", "SERVER", "TOKEN"]);
+                let mut t = Table::new(&["CURRENT", "NAME", "SERVER", "TOKEN", "CA FILE"]);
                 for c in &config.contexts {
                     let cur = current.as_deref() == Some(c.name.as_str());
                     t.row(vec![
@@ -345,6 +390,7 @@ fn context(cmd: ContextCmd, g: &GlobalArgs, config: &mut Config, path: &Path) ->
                         c.name.clone(),
                         c.server.clone(),
                         if c.token.is_some() { "yes" } else { "no" }.into(),
+                        c.ca_file.clone().unwrap_or_else(|| "-".into()),
                     ]);
                 }
                 t.render()
@@ -372,7 +418,16 @@ fn context(cmd: ContextCmd, g: &GlobalArgs, config: &mut Config, path: &Path) ->
             };
             // Reject what the client would reject later, now.
             Client::new(&server, None, Duration::from_secs(1))?;
+            // `--ca-file ''` removes it; $PHOENIX_CA_FILE is not stored.
+            let ca_file = match g.ca_file.as_deref() {
+                Some("") => Some(None),
+                Some(f) => Some(Some(ca_file_for_context(f)?)),
+                None => None,
+            };
             config.set_context(&name, server.trim_end_matches('/'), token);
+            if let (Some(ca_file), Some(ctx)) = (ca_file, config.context_mut(&name)) {
+                ctx.ca_file = ca_file;
+            }
             config.save(path)?;
             eprintln!("context `{name}` set ({})", path.display());
         }
@@ -444,6 +499,10 @@ fn plugin(args: Vec<std::ffi::OsString>, target: &Target) -> CliResult<u8> {
     if let Some(ctx) = &target.context {
         cmd.env("PHOENIX_CONTEXT", ctx);
     }
+    match &target.ca_file {
+        Some(f) => cmd.env("PHOENIX_CA_FILE", f),
+        None => cmd.env_remove("PHOENIX_CA_FILE"),
+    };
     let status = cmd
         .status()
         .map_err(|e| CliError::usage(format!("cannot run {}: {e}", path.display())))?;

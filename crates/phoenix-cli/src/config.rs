@@ -1,6 +1,7 @@
-//! The CLI's config file: named contexts (a server URL and an optional bearer token) and the
-//! current one, in `~/.config/phoenix/config.yaml` (`$PHOENIX_CONFIG` overrides the path).
-//! Written with mode 0600 because it may hold tokens.
+//! The CLI's config file: named contexts (a server URL, an optional bearer token and an
+//! optional CA file for a server signed by a private CA) and the current one, in
+//! `~/.config/phoenix/config.yaml` (`$PHOENIX_CONFIG` overrides the path). Written with mode
+//! 0600 because it may hold tokens.
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,9 @@ pub struct Context {
     /// Who `phoenix login` logged in as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// A CA certificate (PEM, absolute path) trusted for this server besides the web roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
 }
 
 /// Where the config file lives.
@@ -115,6 +119,7 @@ impl Config {
                 token,
                 refresh_token: None,
                 username: None,
+                ca_file: None,
             }),
         }
         if self.current_context.is_none() {
@@ -172,7 +177,13 @@ mod tests {
         );
         let mut c = Config::default();
         c.set_context("a", "http://a", Some("tok".into()));
+        c.set_context("b", "https://b", None);
+        if let Some(b) = c.context_mut("b") {
+            b.ca_file = Some("/etc/phoenix/ca.pem".into());
+        }
         c.save(&path).expect("save");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.contains("ca_file: /etc/phoenix/ca.pem"), "{text}");
         assert_eq!(Config::load(&path).expect("load"), c);
     }
 

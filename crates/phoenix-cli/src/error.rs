@@ -1,6 +1,7 @@
 //! Exit codes and the one-line error the CLI prints. 0 ok, 1 the API refused (4xx/5xx),
 //! 2 usage or local input (bad flags, unreadable or invalid files, unknown context),
-//! 3 the server cannot be reached, 4 a `--watch` ended in `failed`, `rolled_back` or `stopped`.
+//! 3 the server cannot be reached (or its TLS certificate is not trusted), 4 a `--watch`
+//! ended in `failed`, `rolled_back` or `stopped`.
 
 use phoenix_client::ClientError;
 
@@ -33,10 +34,18 @@ impl From<ClientError> for CliError {
     fn from(e: ClientError) -> Self {
         let code = match &e {
             ClientError::Api { .. } | ClientError::Decode { .. } => EXIT_API,
-            ClientError::Unreachable { .. } => EXIT_UNREACHABLE,
-            ClientError::InvalidUrl { .. } => EXIT_USAGE,
+            ClientError::Unreachable { .. } | ClientError::Untrusted { .. } => EXIT_UNREACHABLE,
+            ClientError::InvalidUrl { .. } | ClientError::CaFile { .. } | ClientError::Tls(_) => {
+                EXIT_USAGE
+            }
         };
-        Self::new(code, e.to_string())
+        let mut message = e.to_string();
+        if matches!(e, ClientError::Untrusted { .. }) {
+            message.push_str(
+                "; if a private CA signed it, pass that CA's certificate with --ca-file FILE, $PHOENIX_CA_FILE or `phoenix context set NAME --ca-file FILE`",
+            );
+        }
+        Self::new(code, message)
     }
 }
 

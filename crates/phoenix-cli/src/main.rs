@@ -80,7 +80,14 @@ fn usage_error(e: clap::Error) -> ExitCode {
 /// global options and their values.
 fn subcommand_path(args: impl Iterator<Item = String>) -> String {
     use clap::CommandFactory;
-    const GLOBAL_WITH_VALUE: [&str; 5] = ["--server", "--context", "-o", "--output", "--timeout"];
+    const GLOBAL_WITH_VALUE: [&str; 6] = [
+        "--server",
+        "--context",
+        "-o",
+        "--output",
+        "--timeout",
+        "--ca-file",
+    ];
     let mut cmd = cli::Cli::command();
     let mut path = vec!["phoenix".to_string()];
     let mut skip_value = false;

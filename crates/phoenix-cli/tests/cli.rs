@@ -932,3 +932,196 @@ fn login_with_a_password_refreshes_on_401_and_logout_ends_the_session() {
     let out = phoenix(&cfg, &["login", "--username", "x", "--token", "y"], &[]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A reverse proxy that does not pass WebSocket upgrades, as nginx's `proxy_pass` without
+/// `proxy_set_header Upgrade/Connection`: each request is forwarded to `upstream` with the
+/// hop-by-hop headers dropped, so an upgrade reaches the API as a plain GET. Its base URL.
+async fn proxy_without_websockets(upstream: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(proxy_connection(socket, client.clone(), upstream.clone()));
+        }
+    });
+    base
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "upgrade",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "proxy-connection",
+    "host",
+];
+
+/// Forward the connection's requests one by one (keep-alive) until the client leaves.
+async fn proxy_connection(
+    socket: tokio::net::TcpStream,
+    client: reqwest::Client,
+    upstream: String,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let mut socket = BufReader::new(socket);
+    loop {
+        let mut request_line = String::new();
+        if socket.read_line(&mut request_line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = request_line.split_whitespace();
+        let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let mut req = client.request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            format!("{upstream}{target}"),
+        );
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            if socket.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+            if name == "content-length" {
+                length = value.parse().unwrap_or(0);
+                continue;
+            }
+            if !HOP_BY_HOP.contains(&name.as_str()) {
+                req = req.header(name, value);
+            }
+        }
+        let mut body = vec![0u8; length];
+        if socket.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let Ok(res) = req.body(body).send().await else {
+            let _ = socket
+                .write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            return;
+        };
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\n",
+            res.status().as_u16(),
+            res.status().canonical_reason().unwrap_or("")
+        );
+        for (name, value) in res.headers() {
+            if !HOP_BY_HOP.contains(&name.as_str()) && name.as_str() != "content-length" {
+                head.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap_or("")));
+            }
+        }
+        let body = res.bytes().await.unwrap_or_default();
+        head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+        // Head and body in one write, as the API itself sends a small answer.
+        let mut answer = head.into_bytes();
+        answer.extend_from_slice(&body);
+        if socket.get_mut().write_all(&answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Behind a proxy that does not pass WebSocket upgrades, the API answers the hub's upgrade
+/// with 400: `--watch` says it falls back to polling, and still follows the experiment
+/// through its phases to the stop (status and events alike).
+#[test]
+fn watch_falls_back_to_polling_behind_a_proxy_without_websockets() {
+    let env = Env::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let proxy = rt.block_on(proxy_without_websockets(env.base.clone()));
+    let proxy = proxy.as_str();
+    let id = env.create("behind a proxy", "h1");
+    let id = id.as_str();
+    // REST passes through the proxy.
+    let out = phoenix(
+        &env.config(),
+        &["--server", proxy, "experiment", "get", id],
+        &[],
+    );
+    assert_ok(&out, &["get through the proxy"]);
+
+    let watch = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_phoenix"))
+            .args(["--server", proxy, "experiment"])
+            .args(args)
+            .args(["--watch", "--interval", "200ms"])
+            .env("PHOENIX_CONFIG", env.config())
+            .env_remove("PHOENIX_SERVER")
+            .env_remove("PHOENIX_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut status = watch(&["status", id]);
+    let mut events = watch(&["events", id, "-o", "json"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    env.ok(&["experiment", "start", id]);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        status.try_wait().unwrap().is_none(),
+        "status watch ended early"
+    );
+    assert!(
+        events.try_wait().unwrap().is_none(),
+        "events watch ended early"
+    );
+    env.ok(&["experiment", "stop", id, "--reason", "seen by polling"]);
+
+    for child in [&mut status, &mut events] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let code = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s.code();
+            }
+            assert!(Instant::now() < deadline, "watch did not end");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(code, Some(4), "a watch of a stopped experiment exits 4");
+    }
+    let fell_back = |err: &str| {
+        // The API's 400 for a GET without the upgrade headers (its code, or only its status
+        // when the body came after the head the WebSocket client read).
+        assert!(
+            (err.contains("event stream unavailable (websocket_upgrade_required: ")
+                || err.contains("event stream unavailable (http_400: "))
+                && err.contains("polling every 200ms"),
+            "{err}"
+        );
+        assert!(!err.contains("following"), "{err}");
+    };
+    let out = status.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    fell_back(&err);
+    // Each phase the polls saw, in order, then the final status.
+    let pending = err.find("pending").expect("pending noted");
+    let initializing = err.find("initializing").expect("initializing noted");
+    let stopped = err.find("seen by polling").expect("stop noted");
+    assert!(pending < initializing && initializing < stopped, "{err}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("stopped") && text.contains(id), "{text}");
+
+    let out = events.wait_with_output().unwrap();
+    fell_back(&String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = lines
+        .iter()
+        .map(|e| e["to_phase"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(kinds, ["pending", "initializing", "stopped"], "{lines:?}");
+}

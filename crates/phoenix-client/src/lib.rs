@@ -4,6 +4,7 @@
 //! Errors keep the API's `{ "error": { "code", "message", "details" } }` apart from failures
 //! to reach the server, so a caller can tell "the server said no" from "no server".
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ mod recommendations;
 mod types;
 pub use recommendations::BreakdownQuery;
 pub use types::*;
+mod tls;
 mod ws;
 pub use ws::{EventStream, StreamError, TopicEvent};
 
@@ -38,6 +40,16 @@ pub enum ClientError {
     /// No answer: connection refused, DNS, TLS, timeout.
     #[error("cannot reach {url}: {reason}")]
     Unreachable { url: String, reason: String },
+    /// The server's TLS certificate was refused: not signed by a trusted CA (give the CA
+    /// file of a private PKI), not for this host name, or expired.
+    #[error("cannot trust {url}: {reason}")]
+    Untrusted { url: String, reason: String },
+    /// The extra CA file cannot be used: missing, not PEM, or without a certificate.
+    #[error("CA file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    /// The TLS settings could not be built.
+    #[error("tls: {0}")]
+    Tls(String),
     /// An answer that is not what the API serves (a proxy page, a version mismatch).
     #[error("unexpected response from {url}: {reason}")]
     Decode { url: String, reason: String },
@@ -73,6 +85,8 @@ pub struct Client {
     /// the session.
     refreshing: Arc<tokio::sync::Mutex<()>>,
     http: reqwest::Client,
+    /// What HTTPS and `wss://` trust (the web roots, plus the CA file when given).
+    tls: Arc<rustls::ClientConfig>,
 }
 
 /// The credentials a [`Client`] holds.
@@ -130,6 +144,18 @@ struct ErrorPayload {
 impl Client {
     /// A client for `base` (`http://host:port`, no trailing path). `timeout` bounds each request.
     pub fn new(base: &str, token: Option<String>, timeout: Duration) -> ClientResult<Self> {
+        Self::with_ca_file(base, token, timeout, None)
+    }
+
+    /// Like [`Client::new`], also trusting the CA certificates of the PEM file `ca_file` (a
+    /// private PKI) for HTTPS and for the hub over `wss://`. A file that is missing, not PEM,
+    /// or holds no certificate is a [`ClientError::CaFile`] naming it.
+    pub fn with_ca_file(
+        base: &str,
+        token: Option<String>,
+        timeout: Duration,
+        ca_file: Option<&Path>,
+    ) -> ClientResult<Self> {
         let trimmed = base.trim_end_matches('/').to_string();
         let parsed = reqwest::Url::parse(&trimmed).map_err(|e| ClientError::InvalidUrl {
             url: base.to_string(),
@@ -141,7 +167,9 @@ impl Client {
                 reason: "the scheme must be http or https".into(),
             });
         }
+        let tls = tls::client_config(ca_file)?;
         let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls.clone())
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5).min(timeout))
             .user_agent(concat!("phoenix-client/", env!("CARGO_PKG_VERSION")))
@@ -158,6 +186,7 @@ impl Client {
             })),
             refreshing: Arc::new(tokio::sync::Mutex::new(())),
             http,
+            tls: Arc::new(tls),
         })
     }
 
@@ -239,10 +268,7 @@ impl Client {
         let url = self.url(path);
         let used = self.tokens().access;
         let retry = rb.try_clone();
-        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
-            url: url.clone(),
-            reason: transport_reason(&e),
-        };
+        let unreachable = |e: reqwest::Error| transport_error(&url, &e);
         let mut resp = rb.send().await.map_err(unreachable)?;
         if resp.status() == StatusCode::UNAUTHORIZED
             && path != "/api/v1/auth/login"
@@ -272,10 +298,10 @@ impl Client {
 
     async fn json<T: DeserializeOwned>(&self, rb: RequestBuilder, path: &str) -> ClientResult<T> {
         let resp = self.send(rb, path).await?;
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
-            url: self.url(path),
-            reason: transport_reason(&e),
-        })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(&self.url(path), &e))?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
             url: self.url(path),
             reason: e.to_string(),
@@ -576,6 +602,21 @@ fn seg(s: &str) -> String {
         }
     }
     out
+}
+
+/// A request that got no answer: [`ClientError::Untrusted`] when TLS refused the server's
+/// certificate, else [`ClientError::Unreachable`].
+fn transport_error(url: &str, e: &reqwest::Error) -> ClientError {
+    match tls::rustls_cause(e).filter(|r| tls::is_untrusted(r)) {
+        Some(r) => ClientError::Untrusted {
+            url: url.to_string(),
+            reason: r.to_string(),
+        },
+        None => ClientError::Unreachable {
+            url: url.to_string(),
+            reason: transport_reason(e),
+        },
+    }
 }
 
 /// The innermost cause of a transport error, which says what happened ("Connection refused").

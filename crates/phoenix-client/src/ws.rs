@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::{Client, ClientError, ClientResult};
 
@@ -88,7 +88,8 @@ impl Client {
         }
     }
 
-    /// Connect to the hub with this client's token (sent as `Authorization: Bearer`).
+    /// Connect to the hub with this client's token (sent as `Authorization: Bearer`). Over
+    /// `wss://`, the server is trusted as for HTTPS (the web roots, plus the CA file).
     pub async fn event_stream(&self) -> ClientResult<EventStream> {
         let url = self.ws_url();
         let mut req = url
@@ -117,7 +118,13 @@ impl Client {
         let config = WebSocketConfig::default()
             .read_buffer_size(16 * 1024)
             .write_buffer_size(0);
-        let connect = tokio_tungstenite::connect_async_with_config(req, Some(config), false);
+        let connector = Connector::Rustls(self.tls.clone());
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            req,
+            Some(config),
+            false,
+            Some(connector),
+        );
         let (socket, _) = tokio::time::timeout(std::time::Duration::from_secs(10), connect)
             .await
             .map_err(|_| ClientError::Unreachable {
@@ -142,28 +149,28 @@ impl Client {
 fn handshake_error(url: &str, e: tungstenite::Error) -> ClientError {
     match e {
         tungstenite::Error::Http(res) => {
-            let status = res.status().as_u16();
-            let body: Option<Value> = res
-                .body()
-                .as_deref()
-                .and_then(|b| serde_json::from_slice(b).ok());
-            let field = |k: &str| {
-                body.as_ref()
-                    .and_then(|b| b["error"][k].as_str())
-                    .unwrap_or_default()
-                    .to_string()
+            // The API's error body when it came with the head; else the status alone (a
+            // proxy's page, or a body that arrived after the head was read).
+            let status = reqwest::StatusCode::from_u16(res.status().as_u16())
+                .unwrap_or(reqwest::StatusCode::BAD_GATEWAY);
+            crate::api_error(status, res.body().as_deref().unwrap_or_default())
+        }
+        other => {
+            let tls = match &other {
+                tungstenite::Error::Tls(tungstenite::error::TlsError::Rustls(r)) => Some(&**r),
+                _ => crate::tls::rustls_cause(&other),
             };
-            ClientError::Api {
-                status,
-                code: field("code"),
-                message: field("message"),
-                details: Value::Null,
+            match tls.filter(|r| crate::tls::is_untrusted(r)) {
+                Some(r) => ClientError::Untrusted {
+                    url: url.to_string(),
+                    reason: r.to_string(),
+                },
+                None => ClientError::Unreachable {
+                    url: url.to_string(),
+                    reason: other.to_string(),
+                },
             }
         }
-        other => ClientError::Unreachable {
-            url: url.to_string(),
-            reason: other.to_string(),
-        },
     }
 }
 
@@ -265,5 +272,36 @@ impl EventStream {
     /// Close the connection politely.
     pub async fn close(mut self) {
         let _ = self.socket.close(None).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn refused(status: u16, body: Option<&str>) -> ClientError {
+        let res = tungstenite::http::Response::builder()
+            .status(status)
+            .body(body.map(|b| b.as_bytes().to_vec()))
+            .unwrap();
+        handshake_error("ws://x/api/v1/ws", tungstenite::Error::Http(Box::new(res)))
+    }
+
+    #[test]
+    fn a_refused_upgrade_keeps_the_api_error_or_at_least_its_status() {
+        let body =
+            r#"{"error":{"code":"websocket_upgrade_required","message":"use a WebSocket client"}}"#;
+        let e = refused(400, Some(body));
+        assert_eq!(e.status(), Some(400));
+        assert_eq!(
+            e.to_string(),
+            "websocket_upgrade_required: use a WebSocket client"
+        );
+        // No body read with the head (or a proxy's page): the status still says what it was.
+        assert_eq!(refused(400, None).to_string(), "http_400: bad request");
+        assert!(refused(502, Some("<html>bad gateway</html>"))
+            .to_string()
+            .starts_with("http_502: "));
     }
 }

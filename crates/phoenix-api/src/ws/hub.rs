@@ -6,11 +6,15 @@
 //! bounded queue: one that fills is kicked (closed with 4008) instead of slowing the others.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, Notify};
 
 use phoenix_store::{SharedStore, StoreError, TopicEvent, TopicNotice};
@@ -79,12 +83,128 @@ struct TopicState {
     followers: HashMap<u64, Follower>,
 }
 
-/// Counters for `/metrics` and the benchmark.
-#[derive(Debug, Default)]
+/// Topic kinds, the values of the `topic` label of `phoenix_ws_subscriptions`.
+pub const TOPIC_KINDS: [&str; 4] = ["experiments", "experiments/{id}", "fleet", "kpis/{id}"];
+
+/// Why connections end, the values of the `reason` label of `phoenix_ws_disconnects_total`
+/// (see [`disconnect_reason`]).
+pub const DISCONNECT_REASONS: [&str; 10] = [
+    "client_closed",
+    "connection_lost",
+    "protocol_error",
+    "binary_frame",
+    "malformed_message",
+    "auth",
+    "message_too_big",
+    "store_unavailable",
+    "keepalive_timeout",
+    "slow_consumer",
+];
+
+/// The `reason` label for a connection the server closed with `code`.
+pub fn disconnect_reason(code: u16) -> &'static str {
+    use super::protocol::close;
+    match code {
+        close::NORMAL => "client_closed",
+        close::PROTOCOL_ERROR => "protocol_error",
+        close::UNSUPPORTED_DATA => "binary_frame",
+        close::INVALID_PAYLOAD => "malformed_message",
+        close::POLICY_VIOLATION => "auth",
+        close::MESSAGE_TOO_BIG => "message_too_big",
+        close::INTERNAL_ERROR => "store_unavailable",
+        close::KEEPALIVE_TIMEOUT => "keepalive_timeout",
+        close::SLOW_CONSUMER => "slow_consumer",
+        _ => "connection_lost",
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicKindLabel {
+    pub topic: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// The hub's series on `/metrics` (registered by [`crate::telemetry::Metrics::register_hub`]).
+/// The handles share their values with the registry's copies; the hot paths (one delivery
+/// per follower per event) use handles made once, not a label lookup.
+#[derive(Debug, Clone)]
 pub struct HubStats {
-    pub connections: AtomicI64,
-    pub slow_consumers_closed: AtomicU64,
-    pub events_sent: AtomicU64,
+    /// Open WebSocket connections, authenticated or not.
+    pub connections: Gauge,
+    pub subscriptions: Family<TopicKindLabel, Gauge>,
+    /// Events this process stored and handed to its hub.
+    pub events_published: Counter,
+    pub events_delivered: Family<SourceLabel, Counter>,
+    /// Event frames written to clients as they were published.
+    pub delivered_live: Counter,
+    /// Event frames written to clients from the store, replaying what they missed.
+    pub delivered_store: Counter,
+    pub disconnects: Family<ReasonLabel, Counter>,
+    /// Subscriptions with `after_seq`: resumes served from the store.
+    pub resumes: Counter,
+}
+
+impl Default for HubStats {
+    fn default() -> Self {
+        let subscriptions = Family::<TopicKindLabel, Gauge>::default();
+        // Every label present from the start, at 0.
+        for topic in TOPIC_KINDS {
+            drop(subscriptions.get_or_create(&TopicKindLabel { topic }));
+        }
+        let events_delivered = Family::<SourceLabel, Counter>::default();
+        let delivered_live = events_delivered
+            .get_or_create(&SourceLabel { source: "live" })
+            .clone();
+        let delivered_store = events_delivered
+            .get_or_create(&SourceLabel { source: "store" })
+            .clone();
+        let disconnects = Family::<ReasonLabel, Counter>::default();
+        for reason in DISCONNECT_REASONS {
+            drop(disconnects.get_or_create(&ReasonLabel { reason }));
+        }
+        Self {
+            connections: Gauge::default(),
+            subscriptions,
+            events_published: Counter::default(),
+            events_delivered,
+            delivered_live,
+            delivered_store,
+            disconnects,
+            resumes: Counter::default(),
+        }
+    }
+}
+
+impl HubStats {
+    /// The subscriptions gauge of a topic kind (one of [`TOPIC_KINDS`]).
+    pub fn subscribed(&self, topic: &'static str) -> Gauge {
+        self.subscriptions
+            .get_or_create(&TopicKindLabel { topic })
+            .clone()
+    }
+
+    /// Count a connection ending for `reason` (one of [`DISCONNECT_REASONS`]).
+    pub fn disconnected(&self, reason: &'static str) {
+        self.disconnects
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Connections ended for `reason` so far.
+    pub fn disconnects(&self, reason: &'static str) -> u64 {
+        self.disconnects
+            .get_or_create(&ReasonLabel { reason })
+            .get()
+    }
 }
 
 #[derive(Debug)]
@@ -131,6 +251,10 @@ impl Hub {
 
     /// Events this process appended (already committed).
     pub fn published(&self, events: Vec<TopicEvent>) {
+        self.shared
+            .stats
+            .events_published
+            .inc_by(events.len() as u64);
         for e in events {
             let _ = self.tx.send(Incoming::Notice(TopicNotice::Event(e)));
         }
@@ -264,25 +388,17 @@ fn fan_out(shared: &Shared, e: &TopicEvent) {
     }
     state.last_seq = e.seq;
     let frame = Frame::of(e);
-    let mut sent = 0u64;
     state
         .followers
         .retain(|_, f| match f.tx.try_send(frame.clone()) {
-            Ok(()) => {
-                sent += 1;
-                true
-            }
+            Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
+                // Counted as a disconnect when the connection closes (reason slow_consumer).
                 f.kick.kick();
-                shared
-                    .stats
-                    .slow_consumers_closed
-                    .fetch_add(1, Ordering::Relaxed);
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
-    shared.stats.events_sent.fetch_add(sent, Ordering::Relaxed);
     if state.followers.is_empty() {
         topics.remove(e.topic.as_str());
     }

@@ -8,7 +8,6 @@ pub mod protocol;
 pub mod publish;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -191,14 +190,21 @@ impl Connection {
     }
 
     async fn run(mut self, mut socket: WebSocket) {
-        let stats = self.hub().stats();
-        stats.connections.fetch_add(1, Ordering::Relaxed);
-        let outcome = self.serve(&mut socket).await;
         let hub = self.hub().clone();
+        let stats = hub.stats();
+        stats.connections.inc();
+        let outcome = self.serve(&mut socket).await;
         for topic in self.subscriptions.keys() {
             hub.unfollow(topic, self.id);
+            if let Ok(t) = Topic::parse(topic) {
+                stats.subscribed(t.kind()).dec();
+            }
         }
-        hub.stats().connections.fetch_sub(1, Ordering::Relaxed);
+        stats.connections.dec();
+        stats.disconnected(match &outcome {
+            Ok(()) => "client_closed",
+            Err(close) => hub::disconnect_reason(close.code),
+        });
         if let Err(close) = outcome {
             tracing::debug!(code = close.code, reason = %close.reason, "websocket closed by the server");
             let frame = Message::Close(Some(CloseFrame {
@@ -236,7 +242,7 @@ impl Connection {
                         self.on_message(socket, msg).await?;
                     }
                 },
-                Some(frame) = self.rx.recv() => self.deliver(socket, &frame).await?,
+                Some(frame) = self.rx.recv() => self.deliver(socket, &frame, false).await?,
                 _ = ping.tick() => {
                     if self.last_heard.elapsed() > ping_every * 3 {
                         return Err(Close::new(close::KEEPALIVE_TIMEOUT, format!(
@@ -340,6 +346,9 @@ impl Connection {
                 match self.subscriptions.remove_entry(topic.as_str()) {
                     Some((key, _)) => {
                         self.hub().unfollow(&key, self.id);
+                        if let Ok(t) = Topic::parse(&key) {
+                            self.hub().stats().subscribed(t.kind()).dec();
+                        }
                         let m = ServerMessage::Unsubscribed { topic: &key }.to_json();
                         self.send_text(socket, m).await
                     }
@@ -416,7 +425,14 @@ impl Connection {
         let key: Arc<str> = Arc::from(key.as_str());
         // Followed first, then read: whatever commits from here on arrives live, whatever
         // committed before is in the store; the overlap is dropped by number.
-        let current = store.topic_last_seq(&key).await.map_err(store_failure)?;
+        let current = match store.topic_last_seq(&key).await {
+            Ok(c) => c,
+            Err(e) => {
+                // Not in `subscriptions` yet: the connection's end would not unfollow it.
+                hub.unfollow(&key, self.id);
+                return Err(store_failure(e));
+            }
+        };
         let mut start = after_seq.unwrap_or(current);
         if start > current {
             let m = format!("after_seq {start} is ahead of the topic's last event {current}: following from {current}");
@@ -425,6 +441,10 @@ impl Connection {
             start = current;
         }
         self.subscriptions.insert(key.clone(), start);
+        hub.stats().subscribed(topic.kind()).inc();
+        if after_seq.is_some() {
+            hub.stats().resumes.inc();
+        }
         let m = ServerMessage::Subscribed {
             topic: &key,
             seq: start,
@@ -452,7 +472,7 @@ impl Connection {
             }
             let full = page.len() == REPLAY_PAGE as usize;
             for e in &page {
-                self.deliver(socket, &Frame::of(e)).await?;
+                self.deliver(socket, &Frame::of(e), true).await?;
                 delivered = e.seq;
             }
             while let Ok(frame) = self.rx.try_recv() {
@@ -466,14 +486,19 @@ impl Connection {
             }
         }
         while let Some(frame) = held.pop_front() {
-            self.deliver(socket, &frame).await?;
+            self.deliver(socket, &frame, false).await?;
         }
         Ok(())
     }
 
     /// Send an event if its topic is followed and it is the next one (numbers already sent
-    /// are dropped).
-    async fn deliver(&mut self, socket: &mut WebSocket, frame: &Frame) -> Result<(), Close> {
+    /// are dropped). `from_store`: replayed on a resume, not live.
+    async fn deliver(
+        &mut self,
+        socket: &mut WebSocket,
+        frame: &Frame,
+        from_store: bool,
+    ) -> Result<(), Close> {
         let Some(sent) = self.subscriptions.get_mut(&frame.topic) else {
             return Ok(());
         };
@@ -481,6 +506,13 @@ impl Connection {
             return Ok(());
         }
         *sent = frame.seq;
+        // Counted before the write, so a client that has read it sees it counted.
+        let stats = self.state.service.events.hub.stats();
+        if from_store {
+            stats.delivered_store.inc();
+        } else {
+            stats.delivered_live.inc();
+        }
         self.send(socket, Message::Text(frame.text.clone())).await
     }
 

@@ -87,6 +87,17 @@ impl Topic {
             Self::Experiments | Self::Fleet => None,
         }
     }
+
+    /// The topic's kind, as `/metrics` labels it: `experiments`, `experiments/{id}`, `fleet`
+    /// or `kpis/{id}` (the id left out, so experiments do not become series).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Experiments => "experiments",
+            Self::Experiment(_) => "experiments/{id}",
+            Self::Fleet => "fleet",
+            Self::Kpis(_) => "kpis/{id}",
+        }
+    }
 }
 
 impl fmt::Display for Topic {
