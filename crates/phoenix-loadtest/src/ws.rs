@@ -34,7 +34,9 @@ pub struct WsArgs {
     /// The API's base URL; only loopback addresses.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub api: String,
-    /// The WebSocket token (the API's `ws_token`, else its enrollment token).
+    /// The token the sockets present and the experiments are created with: an operator's
+    /// or admin's access token or API key (or the API's static `ws_token`, which serves the
+    /// sockets only).
     #[arg(long, env = "PHOENIX_WS_TOKEN", hide_env_values = true)]
     pub token: String,
     /// WebSocket clients to open.
@@ -253,6 +255,7 @@ pub async fn run(args: WsArgs) -> anyhow::Result<WsReport> {
         next += every;
         let res = http
             .post(api.join("/api/v1/experiments")?)
+            .bearer_auth(&args.token)
             .json(&serde_json::json!({
                 "name": format!("ws-bench-{i}"),
                 "baseline_pipeline": "baseline",
