@@ -95,6 +95,7 @@ macro_rules! conformance_suite {
             latest_reduction_uses_candidates_latest_interval,
             agent_logs_round_trip_newest_first,
             settings_round_trip,
+            concurrent_put_if_absent_agree_on_the_first_value,
             sweep_telemetry_deletes_only_old_rows,
             topic_events_are_numbered_per_topic_and_listed_after_a_seq,
             concurrent_appends_to_one_topic_get_distinct_gap_free_numbers,
@@ -1694,6 +1695,33 @@ pub async fn settings_round_trip(store: SharedStore) {
     assert_eq!(store.get_setting("retention").await.unwrap(), Some(v2));
     store.put_setting("flag", &json!(true), t0()).await.unwrap();
     assert_eq!(store.get_setting("flag").await.unwrap(), Some(json!(true)));
+}
+
+pub async fn concurrent_put_if_absent_agree_on_the_first_value(store: SharedStore) {
+    // Eight replicas starting at once, each with its own freshly generated key.
+    let mut joins = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        joins.push(tokio::spawn(async move {
+            store
+                .put_setting_if_absent("signing_key", &json!(format!("key-{i}")), t0())
+                .await
+                .unwrap()
+        }));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for j in joins {
+        seen.insert(j.await.unwrap().to_string());
+    }
+    assert_eq!(seen.len(), 1, "replicas disagree: {seen:?}");
+    let stored = store.get_setting("signing_key").await.unwrap().unwrap();
+    assert_eq!(seen.into_iter().next().unwrap(), stored.to_string());
+    // A later call does not replace it.
+    let again = store
+        .put_setting_if_absent("signing_key", &json!("late"), t0())
+        .await
+        .unwrap();
+    assert_eq!(again, stored);
 }
 
 pub async fn sweep_telemetry_deletes_only_old_rows(store: SharedStore) {

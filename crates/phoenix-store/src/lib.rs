@@ -524,6 +524,14 @@ pub trait Store: AuthStore + Send + Sync + Debug + 'static {
         value: &serde_json::Value,
         now: DateTime<Utc>,
     ) -> Result<()>;
+    /// Store `value` under `key` unless the key holds something already; returns what the key
+    /// holds afterwards. Replicas starting at once agree on one value (the first written).
+    async fn put_setting_if_absent(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<serde_json::Value>;
     /// Delete KPI batches, heartbeats and agent logs received before `before`.
     async fn sweep_telemetry(&self, before: DateTime<Utc>) -> Result<u64>;
 

@@ -1859,6 +1859,31 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn put_setting_if_absent(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<serde_json::Value> {
+        // The insert either writes the row or waits for the concurrent insert that did, so
+        // the read after it sees the one value everyone agrees on.
+        sqlx::query(
+            "INSERT INTO settings (key, value, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let stored: serde_json::Value =
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+                .bind(key)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(stored)
+    }
+
     async fn sweep_telemetry(&self, before: DateTime<Utc>) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
         let mut deleted = 0;

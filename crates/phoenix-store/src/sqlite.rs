@@ -1648,6 +1648,29 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn put_setting_if_absent(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<serde_json::Value> {
+        let mut conn = self.write.get().await?;
+        sqlx::query(
+            "INSERT INTO settings (key, value, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(to_json_text("value", value)?)
+        .bind(micros(now))
+        .execute(&mut *conn)
+        .await?;
+        let row = sqlx::query("SELECT value FROM settings WHERE key = ?1")
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+        json(&row, "value")
+    }
+
     async fn sweep_telemetry(&self, before: DateTime<Utc>) -> Result<u64> {
         let before = micros(before);
         let mut conn = self.write.get().await?;

@@ -297,15 +297,19 @@ impl AuthService {
             None => match store.get_setting(JWT_KEY_SETTING).await? {
                 Some(serde_json::Value::String(k)) => k,
                 _ => {
+                    // Replicas starting at the same moment on an empty database each generate
+                    // one; the first written wins and every replica signs with it.
                     let k = generate_secret(32);
-                    store
-                        .put_setting(JWT_KEY_SETTING, &json!(k), clock.now())
-                        .await?;
-                    // Another replica starting at the same moment may have written its own:
-                    // everyone uses what the table holds now.
-                    match store.get_setting(JWT_KEY_SETTING).await? {
-                        Some(serde_json::Value::String(stored)) => stored,
-                        _ => k,
+                    match store
+                        .put_setting_if_absent(JWT_KEY_SETTING, &json!(k), clock.now())
+                        .await?
+                    {
+                        serde_json::Value::String(stored) => stored,
+                        other => {
+                            return Err(StoreError::Corrupt(format!(
+                                "setting {JWT_KEY_SETTING} holds {other}, not a key"
+                            )))
+                        }
                     }
                 }
             },
