@@ -456,3 +456,139 @@ impl Processor for AggregateProcessor {
         self.stats.reset();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Label;
+    use crate::processor::fold::{CumulativeTracker, Folder};
+
+    /// The layout `aggregate` had before its per-series cache: a `CumulativeTracker` and a
+    /// `Folder` keyed by group hash. The processor must give the same outputs.
+    struct Reference {
+        grouping: Grouping,
+        tracker: CumulativeTracker,
+        folder: Folder,
+    }
+
+    impl Reference {
+        fn process(&mut self, batch: &Batch, outputs: &[AggregateOp]) -> Vec<Series> {
+            self.tracker.begin_batch();
+            for series in &batch.series {
+                let Some(last) = series.last_sample() else {
+                    continue;
+                };
+                let increase = if series.is_cumulative() {
+                    self.tracker.observe(series.id(), last.value)
+                } else {
+                    None
+                };
+                let grouping = &self.grouping;
+                self.folder
+                    .add(group_key(series, grouping), series, increase, || {
+                        let mut labels = series.labels.clone();
+                        labels.retain(|l| grouping.keeps(&l.name));
+                        (series.name.clone(), labels)
+                    });
+            }
+            let mut out = Vec::new();
+            self.folder.drain(outputs, |s| out.push(s));
+            out
+        }
+    }
+
+    fn sorted(mut series: Vec<Series>) -> Vec<String> {
+        let mut lines: Vec<String> = series
+            .drain(..)
+            .map(|s| {
+                let sample = s.samples[0];
+                format!(
+                    "{s} {:?} {} {:x}",
+                    s.kind,
+                    sample.timestamp_ms,
+                    sample.value.to_bits()
+                )
+            })
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn same_outputs_as_tracker_plus_folder_under_churn_resets_nan_and_expiry() {
+        let idle = 5;
+        let outputs = vec![
+            AggregateOp::Sum,
+            AggregateOp::Count,
+            AggregateOp::Min,
+            AggregateOp::Max,
+            AggregateOp::Avg,
+        ];
+        let grouping = Grouping::Without(vec![Sym::from("pod")]);
+        let mut processor = AggregateConfig {
+            match_selectors: Vec::new(),
+            by: None,
+            without: Some(vec!["pod".into()]),
+            outputs: outputs.clone(),
+        }
+        .build()
+        .unwrap();
+        processor.state = GroupState::new(idle);
+        let mut reference = Reference {
+            grouping,
+            tracker: CumulativeTracker::new(idle),
+            folder: Folder::new(idle),
+        };
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |bound: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % bound
+        };
+        let mut values = std::collections::HashMap::new();
+        for batch_index in 0..400i64 {
+            let mut series = Vec::new();
+            // Whole groups go quiet for longer than the horizon now and then.
+            let quiet_group = (batch_index / 97 % 4) as u64;
+            for metric in ["requests_total", "temperature", "latency_bucket"] {
+                for job in 0..4u64 {
+                    if batch_index % 97 < 40 && job == quiet_group {
+                        continue;
+                    }
+                    for pod in 0..6u64 {
+                        if next(3) == 0 {
+                            continue;
+                        }
+                        let value = values.entry((metric, job, pod)).or_insert(0.0f64);
+                        *value = match next(20) {
+                            0 => 0.0,
+                            1 => f64::NAN,
+                            _ => *value + next(10) as f64,
+                        };
+                        let mut labels = vec![
+                            Label::new(Sym::from("job"), Sym::from(format!("j{job}"))),
+                            Label::new(Sym::from("pod"), Sym::from(format!("p{pod}"))),
+                        ];
+                        if metric.ends_with("_bucket") {
+                            labels.push(Label::new(Sym::from("le"), Sym::from("+Inf")));
+                        }
+                        series.push(Series::new(
+                            Sym::from(metric),
+                            Labels::from_unsorted(labels),
+                            MetricKind::from_prometheus_name(metric),
+                            vec![Sample::new(batch_index * 1000 + next(5) as i64, *value)],
+                        ));
+                    }
+                }
+            }
+            let batch = Batch::new(series);
+            let want = sorted(reference.process(&batch, &outputs));
+            let got = sorted(processor.process(batch).series);
+            assert_eq!(got, want, "batch {batch_index}");
+        }
+        // Idle groups were freed and their slots reused.
+        assert!(processor.state.groups.len() <= 3 * 4);
+        assert!(processor.state.groups.iter().any(|g| g.generation >= 2));
+    }
+}
