@@ -647,13 +647,27 @@ fn series_body_len(series: &Series, extra: &[(&str, &str)]) -> usize {
 /// a batch is the protobuf body's length before snappy, the size a vendor meters as
 /// ingest. Label order does not change the size, so the labels are not merged in order.
 pub fn encoded_series_len(series: &Series) -> u64 {
-    let field = |name: &str, value: &str| {
-        let l = label_len(name, value);
+    #[inline]
+    fn field(name: usize, value: usize) -> usize {
+        // The common case, one-byte lengths: a key and a length byte for the label and
+        // for each of its two strings.
+        if name.wrapping_sub(1) < 61 && value.wrapping_sub(1) < 61 {
+            return 6 + name + value;
+        }
+        let l = string_len(name) + string_len(value);
         1 + varint_len(l as u64) + l
-    };
-    let mut len = field(METRIC_NAME_LABEL, &series.name);
+    }
+    #[inline]
+    fn string_len(len: usize) -> usize {
+        if len == 0 {
+            0
+        } else {
+            1 + varint_len(len as u64) + len
+        }
+    }
+    let mut len = field(METRIC_NAME_LABEL.len(), series.name.len());
     for l in series.labels.iter() {
-        len += field(&l.name, &l.value);
+        len += field(l.name.len(), l.value.len());
     }
     for sample in &series.samples {
         let l = sample_len(sample);
@@ -1132,6 +1146,16 @@ mod tests {
                 .collect::<Vec<_>>(),
         ));
         batch.push(series("empty_samples", &[("a", "b")], &[]));
+        for n in [
+            1usize, 59, 60, 61, 62, 63, 64, 120, 127, 128, 129, 16_383, 16_384,
+        ] {
+            let value = "x".repeat(n);
+            batch.push(series(
+                &value,
+                &[(&value, &value), ("y", &value)],
+                &[(1, 1.0)],
+            ));
+        }
         batch.push(series("", &[], &[(0, 0.0), (i64::MIN, 0.5)]));
         let mut total = 0;
         for s in &batch {
