@@ -267,9 +267,12 @@ impl GroupState {
                     max: f64::NEG_INFINITY,
                     increase: 0.0,
                 };
-                let index = match self.free.pop() {
-                    Some(index) => {
-                        let slot = &mut self.groups[index as usize];
+                let free = self
+                    .free
+                    .pop()
+                    .and_then(|index| Some((index, self.groups.get_mut(index as usize)?)));
+                let index = match free {
+                    Some((index, slot)) => {
                         let generation = slot.generation.wrapping_add(1);
                         *slot = Group {
                             generation,
@@ -287,7 +290,8 @@ impl GroupState {
                 *e.insert(index)
             }
         };
-        (index, self.groups[index as usize].generation)
+        let generation = self.groups.get(index as usize).map_or(0, |g| g.generation);
+        (index, generation)
     }
 
     /// Adds `series` (already checked to have a last sample) to its group, turning a
