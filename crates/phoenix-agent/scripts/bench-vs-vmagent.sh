@@ -7,6 +7,10 @@
 #   crates/phoenix-agent/scripts/bench-vs-vmagent.sh [SERIES...]     (default: 200000 1000000)
 #   ROUNDS=5 TICKS=3 CONCURRENCY=4 crates/phoenix-agent/scripts/bench-vs-vmagent.sh 200000
 #
+# For A/B runs of two builds: PHOENIX_AGENT_BIN=/path/to/phoenix-agent (and LOADGEN_BIN)
+# skip the build and run that binary; PHOENIX_LD_PRELOAD=/path/to/lib.so is set as
+# LD_PRELOAD for the phoenix agent only (e.g. to try another allocator).
+#
 # Everything listens on 127.0.0.1. Samples are counted as accepted by the agent (2xx).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -18,9 +22,11 @@ read -r -a SIZES <<< "${SIZES[*]}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 
 command -v vmagent >/dev/null || { echo "vmagent missing: apt-get install -y victoria-metrics" >&2; exit 1; }
-cargo build --release -q -p phoenix-agent --bin phoenix-agent --example rw_loadgen
-AGENT="$CARGO_TARGET_DIR/release/phoenix-agent"
-LOADGEN="$CARGO_TARGET_DIR/release/examples/rw_loadgen"
+if [ -z "${PHOENIX_AGENT_BIN:-}" ] || [ -z "${LOADGEN_BIN:-}" ]; then
+  cargo build --release -q -p phoenix-agent --bin phoenix-agent --example rw_loadgen
+fi
+AGENT="${PHOENIX_AGENT_BIN:-$CARGO_TARGET_DIR/release/phoenix-agent}"
+LOADGEN="${LOADGEN_BIN:-$CARGO_TARGET_DIR/release/examples/rw_loadgen}"
 
 WORK="$(mktemp -d)"
 PIDS=()
@@ -66,7 +72,7 @@ pipelines:
 exporters:
   remote_write: {url: "http://127.0.0.1:$SINK_PORT/api/v1/write", queue_capacity_requests: 4096}
 YAML
-      RUST_LOG=warn "$AGENT" run --config "$WORK/phoenix.yaml" > "$WORK/phoenix.log" 2>&1 & PID=$!
+      RUST_LOG=warn LD_PRELOAD="${PHOENIX_LD_PRELOAD:-}" "$AGENT" run --config "$WORK/phoenix.yaml" > "$WORK/phoenix.log" 2>&1 & PID=$!
       HEALTH="http://127.0.0.1:$PORT/-/healthy"
     fi
     PIDS+=("$PID")

@@ -56,8 +56,8 @@ pub fn to_values(k: &VariantKpis, details: Option<&[String]>) -> (KpiValues, Val
         output_series: k.output_series,
         input_samples: k.input_samples,
         output_samples: k.output_samples,
-        input_bytes: 0,
-        output_bytes: 0,
+        input_bytes: k.input_bytes,
+        output_bytes: k.output_bytes,
         protected_series_in: k.protected_in,
         protected_series_out: k.protected_out.min(k.protected_in),
         anomalies_in: k.anomalies_in,
@@ -401,6 +401,8 @@ mod tests {
             output_series: 120,
             input_samples: input,
             output_samples: 130,
+            input_bytes: 64_000,
+            output_bytes: 9_000,
             reduction_percent: 88.0,
             protected_in: 10,
             protected_out: 10,
@@ -447,6 +449,10 @@ mod tests {
         assert_eq!(out[1].variant, Variant::Candidate);
         assert_eq!(out[1].values.output_series, 120);
         assert_eq!(out[1].values.protected_series_out, 10);
+        assert_eq!(
+            (out[1].values.input_bytes, out[1].values.output_bytes),
+            (64_000, 9_000)
+        );
         assert_eq!(out[1].details["processors"][0]["folded"], 900);
         assert_eq!(
             out[1].details["worst_metric"]["metric"],

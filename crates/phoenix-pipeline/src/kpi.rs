@@ -15,6 +15,7 @@ use crate::processor::fold;
 use crate::labelstats::{LabelStats, LabelStatsCollector, LabelStatsConfig};
 use crate::model::{Batch, Series, SeriesId, Sym};
 use crate::processor::MetricCounts;
+use crate::remote_write::encoded_series_len;
 use crate::selector::{any_matches, Selector};
 
 /// Batches a series may stay unseen before the meter forgets it (as the fold trackers do).
@@ -38,15 +39,34 @@ pub struct MetricSum {
     pub series: u64,
 }
 
+/// Shards of the per-series map (by the id's top bits). A hash table grows by doubling and
+/// holds its old and new arrays while it moves the entries over; with one table of a
+/// million series that moment alone costs a third more memory than the table itself, and
+/// it is the process' peak. With 64 shards only one small shard grows at a time.
+const SEEN_SHARD_BITS: u32 = 6;
+
 /// Per-metric totals of successive batches (see the module docs) and the distinct series
 /// of the current interval, with one hash-table operation per series: the map that turns
 /// cumulative values into increases also counts distinct series.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MetricTotals {
-    seen: HashMap<SeriesId, Seen, ahash::RandomState>,
+    seen: Vec<HashMap<SeriesId, Seen, ahash::RandomState>>,
     batch_index: u32,
     interval: u32,
     distinct_series: u64,
+}
+
+impl Default for MetricTotals {
+    fn default() -> Self {
+        Self {
+            seen: (0..1 << SEEN_SHARD_BITS)
+                .map(|_| HashMap::default())
+                .collect(),
+            batch_index: 0,
+            interval: 0,
+            distinct_series: 0,
+        }
+    }
 }
 
 impl MetricTotals {
@@ -77,7 +97,11 @@ impl MetricTotals {
     /// in this interval.
     fn contribution(&mut self, id: SeriesId, cumulative: bool, value: f64) -> (f64, bool) {
         let (batch_index, interval) = (self.batch_index, self.interval);
-        let entry = self.seen.entry(id).or_insert(Seen {
+        let shard = (id.0 >> (64 - SEEN_SHARD_BITS)) as usize;
+        let Some(seen) = self.seen.get_mut(shard) else {
+            return (0.0, false);
+        };
+        let entry = seen.entry(id).or_insert(Seen {
             last_value: f64::NAN,
             batch_index,
             // Never equal to the current interval: counted just below.
@@ -131,10 +155,12 @@ impl MetricTotals {
         if self.batch_index.is_multiple_of(64) {
             let (now, interval) = (self.batch_index, self.interval);
             // Series counted this interval stay, so they are never counted twice.
-            self.seen.retain(|_, s| {
-                u64::from(now.wrapping_sub(s.batch_index)) <= IDLE_BATCHES_BEFORE_EXPIRY
-                    || s.interval == interval
-            });
+            for seen in &mut self.seen {
+                seen.retain(|_, s| {
+                    u64::from(now.wrapping_sub(s.batch_index)) <= IDLE_BATCHES_BEFORE_EXPIRY
+                        || s.interval == interval
+                });
+            }
         }
         // The total of the metric of the current run of series (batches keep a metric's
         // series together): found by the interned name's address, not by hashing it.
@@ -171,6 +197,14 @@ pub struct VariantKpis {
     pub input_samples: u64,
     /// Output samples.
     pub output_samples: u64,
+    /// Bytes of the input: the size of the input series and samples as uncompressed
+    /// Prometheus remote write v1 protobuf (`WriteRequest.timeseries` entries, `__name__`
+    /// label included; before snappy, without metadata), summed over the interval's batches.
+    /// Computed from label and sample sizes, not by encoding (see
+    /// [`crate::remote_write::encoded_series_len`]).
+    pub input_bytes: u64,
+    /// Bytes of the output, measured like [`Self::input_bytes`].
+    pub output_bytes: u64,
     /// `100 × (1 − output_series / input_series)`.
     pub reduction_percent: f64,
     /// Protected input series (series × batches).
@@ -229,6 +263,7 @@ impl VariantKpis {
 struct VariantAccum {
     name: String,
     output_samples: u64,
+    output_bytes: u64,
     output_totals: MetricTotals,
     output_sums: HashMap<Sym, MetricSum, ahash::RandomState>,
     protected_out: u64,
@@ -241,6 +276,7 @@ struct VariantAccum {
 pub struct KpiMeter {
     protect: Vec<Selector>,
     input_samples: u64,
+    input_bytes: u64,
     input_totals: MetricTotals,
     input_sums: HashMap<Sym, MetricSum, ahash::RandomState>,
     label_stats: Option<LabelStatsCollector>,
@@ -259,6 +295,7 @@ impl KpiMeter {
         Self {
             protect,
             input_samples: 0,
+            input_bytes: 0,
             input_totals: MetricTotals::default(),
             input_sums: HashMap::default(),
             label_stats: None,
@@ -291,6 +328,7 @@ impl KpiMeter {
             let id = series.id();
             self.ids.push(id);
             self.input_samples += series.samples.len() as u64;
+            self.input_bytes += encoded_series_len(series);
             if !self.protect.is_empty() && any_matches(&self.protect, series) {
                 self.batch_protected.push(series.clone());
             }
@@ -328,6 +366,7 @@ impl KpiMeter {
             let id = series.id();
             self.ids.push(id);
             variant.output_samples += series.samples.len() as u64;
+            variant.output_bytes += encoded_series_len(series);
             if !protected.is_empty() {
                 if let Some(input) = protected.get(&id) {
                     if input.same_bits(series) {
@@ -403,6 +442,8 @@ impl KpiMeter {
                 output_series,
                 input_samples: self.input_samples,
                 output_samples: variant.output_samples,
+                input_bytes: self.input_bytes,
+                output_bytes: variant.output_bytes,
                 reduction_percent: if input_series == 0 {
                     0.0
                 } else {
@@ -425,6 +466,7 @@ impl KpiMeter {
             });
             variant.output_totals.start_interval();
             variant.output_samples = 0;
+            variant.output_bytes = 0;
             variant.output_sums.clear();
             variant.protected_out = 0;
             variant.anomalies_kept = 0;
@@ -432,6 +474,7 @@ impl KpiMeter {
         }
         self.input_totals.start_interval();
         self.input_samples = 0;
+        self.input_bytes = 0;
         self.input_sums.clear();
         self.protected_in = 0;
         self.anomalies_in = 0;
@@ -481,6 +524,33 @@ mod tests {
         assert!((kpis.max_relative_error - 0.1).abs() < 1e-12);
         assert_eq!(kpis.protected_out, 0);
         assert_eq!(kpis.protected_coverage_percent(), 0.0);
+    }
+
+    #[test]
+    fn bytes_are_the_uncompressed_remote_write_size_of_input_and_output() {
+        let mut meter = KpiMeter::new(&["v"], Vec::new());
+        let input = Batch::new(vec![gauge("a", 1.0), gauge("b", 2.0)]);
+        let output = Batch::new(vec![gauge("all", 3.0)]);
+        let encoded = |batch: &Batch| {
+            let mut body = Vec::new();
+            crate::remote_write::encode_write_request(&batch.series, &[], &mut body);
+            body.len() as u64
+        };
+        for _ in 0..2 {
+            meter.record_input(&input, &[]);
+            meter.record_output(0, &output, Duration::ZERO);
+        }
+        let kpis = &meter.finish_interval(&[])[0];
+        assert_eq!(kpis.input_bytes, 2 * encoded(&input));
+        assert_eq!(kpis.output_bytes, 2 * encoded(&output));
+        // The next interval counts afresh.
+        meter.record_input(&input, &[]);
+        meter.record_output(0, &input, Duration::ZERO);
+        let kpis = &meter.finish_interval(&[])[0];
+        assert_eq!(
+            (kpis.input_bytes, kpis.output_bytes),
+            (encoded(&input), encoded(&input))
+        );
     }
 
     #[test]

@@ -641,6 +641,41 @@ fn series_body_len(series: &Series, extra: &[(&str, &str)]) -> usize {
     len
 }
 
+/// Size in bytes of `series` as one `timeseries` entry of an uncompressed remote write
+/// v1 `WriteRequest` (field key, length and body, `__name__` included, no extra labels):
+/// what [`encode_write_request`] appends for it, computed without encoding. The sum over
+/// a batch is the protobuf body's length before snappy, the size a vendor meters as
+/// ingest. Label order does not change the size, so the labels are not merged in order.
+pub fn encoded_series_len(series: &Series) -> u64 {
+    #[inline]
+    fn field(name: usize, value: usize) -> usize {
+        // The common case, one-byte lengths: a key and a length byte for the label and
+        // for each of its two strings.
+        if name.wrapping_sub(1) < 61 && value.wrapping_sub(1) < 61 {
+            return 6 + name + value;
+        }
+        let l = string_len(name) + string_len(value);
+        1 + varint_len(l as u64) + l
+    }
+    #[inline]
+    fn string_len(len: usize) -> usize {
+        if len == 0 {
+            0
+        } else {
+            1 + varint_len(len as u64) + len
+        }
+    }
+    let mut len = field(METRIC_NAME_LABEL.len(), series.name.len());
+    for l in series.labels.iter() {
+        len += field(l.name.len(), l.value.len());
+    }
+    for sample in &series.samples {
+        let l = sample_len(sample);
+        len += 1 + varint_len(l as u64) + l;
+    }
+    (1 + varint_len(len as u64) + len) as u64
+}
+
 /// Visits the wire labels of a series in name order: `__name__` at its sorted place among
 /// the (already sorted) labels, with `extra` labels (e.g. `phoenix_variant`) merged in,
 /// replacing labels of the same name. Without `extra`, nothing is allocated.
@@ -1097,6 +1132,45 @@ mod tests {
                 limit_bytes: 100
             }
         );
+    }
+
+    #[test]
+    fn encoded_series_len_equals_the_encoders_output_length() {
+        let mut batch = sample_batch();
+        let long = "v".repeat(200);
+        batch.push(series(
+            "a_very_long_metric_name_bucket",
+            &[("le", "+Inf"), ("pod", &long), ("zone", "eu-west-1a")],
+            &(0..40)
+                .map(|i| (1_700_000_000_000 + i, i as f64))
+                .collect::<Vec<_>>(),
+        ));
+        batch.push(series("empty_samples", &[("a", "b")], &[]));
+        for n in [
+            1usize, 59, 60, 61, 62, 63, 64, 120, 127, 128, 129, 16_383, 16_384,
+        ] {
+            let value = "x".repeat(n);
+            batch.push(series(
+                &value,
+                &[(&value, &value), ("y", &value)],
+                &[(1, 1.0)],
+            ));
+        }
+        batch.push(series("", &[], &[(0, 0.0), (i64::MIN, 0.5)]));
+        let mut total = 0;
+        for s in &batch {
+            let mut one = Vec::new();
+            encode_write_request(std::slice::from_ref(s), &[], &mut one);
+            assert_eq!(encoded_series_len(s), one.len() as u64, "{s}");
+            total += encoded_series_len(s);
+        }
+        let mut all = Vec::new();
+        encode_write_request(&batch, &[], &mut all);
+        assert_eq!(total, all.len() as u64);
+        assert_eq!(all, reference::from_series(&batch).encode_to_vec());
+        let mut encoder = RemoteWriteEncoder::new();
+        encoder.encode(&batch, &[]);
+        assert_eq!(total, encoder.last_uncompressed_bytes() as u64);
     }
 
     #[test]

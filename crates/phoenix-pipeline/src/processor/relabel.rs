@@ -40,6 +40,7 @@ impl RelabelProcessorConfig {
                 rules,
                 interner: Interner::new(),
                 cache: NameMatchCache::default(),
+                seen: hashbrown::HashSet::default(),
                 stats: ProcessorStats::default(),
             })
         } else {
@@ -54,6 +55,8 @@ pub struct RelabelProcessor {
     rules: Vec<RelabelRule>,
     interner: Interner,
     cache: NameMatchCache,
+    /// Ids kept in the current batch; emptied, not freed, between batches.
+    seen: hashbrown::HashSet<crate::model::SeriesId, ahash::RandomState>,
     stats: ProcessorStats,
 }
 
@@ -66,17 +69,22 @@ impl Processor for RelabelProcessor {
         if self.interner.len() > MAX_INTERNED_STRINGS {
             self.interner.clear();
         }
-        let (rules, interner, cache, stats) = (
+        let (rules, interner, cache, seen, stats) = (
             &self.rules,
             &mut self.interner,
             &mut self.cache,
+            &mut self.seen,
             &mut self.stats,
         );
         // Rules may make two series identical (e.g. `labeldrop` of the label telling them
         // apart). Like Prometheus' storage, keep the first and drop the rest (counted), so
         // later stages never see two values for one series in a batch.
-        let mut seen: hashbrown::HashSet<crate::model::SeriesId, ahash::RandomState> =
-            hashbrown::HashSet::with_capacity_and_hasher(batch.series.len(), Default::default());
+        // A set sized for an unusually large batch is not kept at that size.
+        if seen.capacity() > 4 * batch.series.len().max(1 << 14) {
+            *seen = hashbrown::HashSet::default();
+        }
+        seen.clear();
+        seen.reserve(batch.series.len());
         batch.series.retain_mut(|series| {
             let metric = series.name.clone();
             stats.received(&metric);
