@@ -55,13 +55,22 @@ fn victoria_metrics() -> PathBuf {
     if !vm.exists() {
         let install = || {
             Command::new("apt-get")
-                .args(["install", "-y", "-qq", "victoria-metrics"])
+                .args([
+                    "-o",
+                    "DPkg::Lock::Timeout=600",
+                    "install",
+                    "-y",
+                    "-qq",
+                    "victoria-metrics",
+                ])
                 .env("DEBIAN_FRONTEND", "noninteractive")
                 .status()
                 .is_ok_and(|s| s.success())
         };
         if !install() {
-            let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+            let _ = Command::new("apt-get")
+                .args(["-o", "DPkg::Lock::Timeout=600", "update", "-qq"])
+                .status();
             install();
         }
     }

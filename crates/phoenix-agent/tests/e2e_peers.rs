@@ -31,14 +31,16 @@ fn peers() -> (PathBuf, PathBuf, PathBuf) {
     }
     let install = || {
         Command::new("apt-get")
-            .args(["install", "-y", "-qq"])
+            .args(["-o", "DPkg::Lock::Timeout=600", "install", "-y", "-qq"])
             .args(PACKAGES)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
             .is_ok_and(|s| s.success())
     };
     if !install() {
-        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+        let _ = Command::new("apt-get")
+            .args(["-o", "DPkg::Lock::Timeout=600", "update", "-qq"])
+            .status();
         install();
     }
     find().unwrap_or_else(|| {

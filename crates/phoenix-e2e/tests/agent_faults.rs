@@ -379,14 +379,21 @@ impl Victoria {
             // A fresh CI machine: install the Debian package (as the pipeline's peer tests do).
             let install = || {
                 std::process::Command::new("apt-get")
-                    .args(["install", "-y", "-qq", "victoria-metrics"])
+                    .args([
+                        "-o",
+                        "DPkg::Lock::Timeout=600",
+                        "install",
+                        "-y",
+                        "-qq",
+                        "victoria-metrics",
+                    ])
                     .env("DEBIAN_FRONTEND", "noninteractive")
                     .status()
                     .is_ok_and(|s| s.success())
             };
             if !install() {
                 let _ = std::process::Command::new("apt-get")
-                    .args(["update", "-qq"])
+                    .args(["-o", "DPkg::Lock::Timeout=600", "update", "-qq"])
                     .status();
                 install();
             }
