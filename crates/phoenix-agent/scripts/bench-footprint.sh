@@ -16,7 +16,8 @@ PORT="${PORT:-18590}"
 API="http://127.0.0.1:${PORT}"
 TOKEN="bench-enrollment-token-0123456789"
 PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
+# Agents are started inside command substitutions (subshells), so their pids go to a file.
+trap 'for p in "${PIDS[@]}" $(cat "$WORK/agent.pids" 2>/dev/null); do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_mb() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
@@ -39,7 +40,7 @@ start_agent() { # name, extra env...
   env PHOENIX_AGENT_API_URL="$API" PHOENIX_AGENT_HOST_ID="$name" \
     PHOENIX_AGENT_ENROLLMENT_TOKEN="$TOKEN" PHOENIX_AGENT_DATA_DIR="$WORK/$name" "$@" \
     "$BIN/phoenix-agent" agent >"$WORK/$name.log" 2>&1 &
-  PIDS+=($!)
+  echo $! >>"$WORK/agent.pids"
   echo $!
 }
 
