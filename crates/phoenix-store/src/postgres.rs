@@ -1917,7 +1917,15 @@ impl Store for PgStore {
             }
         };
         let (tx, rx) = mpsc::channel(WAKEUP_BUFFER);
-        tokio::spawn(run_listener(self.options.clone(), listener, tx));
+        tokio::spawn(run_listener(
+            self.options.clone(),
+            listener,
+            tx,
+            WAKEUP_CHANNEL,
+            "task wake-up",
+            || Wakeup::Resync,
+            parse_wakeups,
+        ));
         let stream = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|wakeup| (wakeup, rx))
         });
@@ -2088,12 +2096,18 @@ pub(crate) async fn connect_listener(
 }
 
 /// Forward notifications until the stream is dropped. A lost connection is re-established
-/// with backoff for as long as it takes; once listening again, `Resync` tells the consumer
-/// that notifications sent meanwhile were missed.
-async fn run_listener(
+/// with backoff for as long as it takes; once listening again, `resync` tells the consumer
+/// that notifications sent meanwhile were missed. `parse` turns one payload into what the
+/// consumer takes; `what` names the listener in logs. Both LISTEN/NOTIFY users (task
+/// wake-ups, the hub's topic notices) run this loop.
+pub(crate) async fn run_listener<T: Send>(
     options: PgConnectOptions,
     mut listener: Option<PgListener>,
-    tx: mpsc::Sender<Wakeup>,
+    tx: mpsc::Sender<T>,
+    channel: &'static str,
+    what: &'static str,
+    resync: fn() -> T,
+    parse: fn(&str) -> Vec<T>,
 ) {
     let mut missed = listener.is_none();
     let mut backoff = LISTENER_MIN_BACKOFF;
@@ -2103,17 +2117,17 @@ async fn run_listener(
             None => {
                 let attempt = tokio::select! {
                     _ = tx.closed() => return,
-                    attempt = connect_listener(&options, WAKEUP_CHANNEL) => attempt,
+                    attempt = connect_listener(&options, channel) => attempt,
                 };
                 match attempt {
                     Ok(l) => {
-                        tracing::info!("task wake-up listener connected");
+                        tracing::info!("{what} listener connected");
                         backoff = LISTENER_MIN_BACKOFF;
                         l
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
-                            "task wake-up listener cannot connect");
+                            "{what} listener cannot connect");
                         tokio::select! {
                             _ = tx.closed() => return,
                             _ = tokio::time::sleep(backoff) => {}
@@ -2124,7 +2138,7 @@ async fn run_listener(
                 }
             }
         };
-        if missed && tx.send(Wakeup::Resync).await.is_err() {
+        if missed && tx.send(resync()).await.is_err() {
             return;
         }
         loop {
@@ -2132,22 +2146,22 @@ async fn run_listener(
                 _ = tx.closed() => return,
                 next = current.try_recv() => next,
             };
-            let wakeups = match next {
-                Ok(Some(notification)) => parse_wakeups(notification.payload()),
+            let items = match next {
+                Ok(Some(notification)) => parse(notification.payload()),
                 // The connection dropped and PgListener has already reconnected and listens
                 // again; whatever was sent in between is lost.
                 Ok(None) => {
-                    tracing::info!("task wake-up listener reconnected");
-                    vec![Wakeup::Resync]
+                    tracing::info!("{what} listener reconnected");
+                    vec![resync()]
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "task wake-up listener lost its connection");
+                    tracing::warn!(error = %e, "{what} listener lost its connection");
                     missed = true;
                     break;
                 }
             };
-            for wakeup in wakeups {
-                if tx.send(wakeup).await.is_err() {
+            for item in items {
+                if tx.send(item).await.is_err() {
                     return;
                 }
             }

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgRow};
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{Connection, Row};
 use tokio::sync::mpsc;
@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use phoenix_core::HostId;
 
 use crate::common::{corrupt, from_json_text, host};
-use crate::postgres::{connect_listener, LISTENER_MAX_BACKOFF, LISTENER_MIN_BACKOFF};
+use crate::postgres::connect_listener;
 use crate::Result;
 
 /// The PostgreSQL channel appended events are announced on.
@@ -448,68 +448,18 @@ pub(crate) async fn pg_notices(options: PgConnectOptions) -> TopicNoticeStream {
         }
     };
     let (tx, rx) = mpsc::channel(NOTICE_BUFFER);
-    tokio::spawn(run_listener(options, listener, tx));
+    tokio::spawn(crate::postgres::run_listener(
+        options,
+        listener,
+        tx,
+        TOPIC_EVENT_CHANNEL,
+        "topic event",
+        || TopicNotice::Resync,
+        |payload| vec![parse_notice(payload)],
+    ));
     Box::pin(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|n| (n, rx))
     }))
-}
-
-async fn run_listener(
-    options: PgConnectOptions,
-    mut listener: Option<PgListener>,
-    tx: mpsc::Sender<TopicNotice>,
-) {
-    let mut missed = listener.is_none();
-    let mut backoff = LISTENER_MIN_BACKOFF;
-    loop {
-        let mut current = match listener.take() {
-            Some(l) => l,
-            None => {
-                let attempt = tokio::select! {
-                    _ = tx.closed() => return,
-                    attempt = connect_listener(&options, TOPIC_EVENT_CHANNEL) => attempt,
-                };
-                match attempt {
-                    Ok(l) => {
-                        backoff = LISTENER_MIN_BACKOFF;
-                        l
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
-                            "topic event listener cannot connect");
-                        tokio::select! {
-                            _ = tx.closed() => return,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(LISTENER_MAX_BACKOFF);
-                        continue;
-                    }
-                }
-            }
-        };
-        if missed && tx.send(TopicNotice::Resync).await.is_err() {
-            return;
-        }
-        loop {
-            let next = tokio::select! {
-                _ = tx.closed() => return,
-                next = current.try_recv() => next,
-            };
-            let notice = match next {
-                Ok(Some(n)) => parse_notice(n.payload()),
-                // Reconnected by PgListener; whatever was sent in between is lost.
-                Ok(None) => TopicNotice::Resync,
-                Err(e) => {
-                    tracing::warn!(error = %e, "topic event listener lost its connection");
-                    missed = true;
-                    break;
-                }
-            };
-            if tx.send(notice).await.is_err() {
-                return;
-            }
-        }
-    }
 }
 
 #[cfg(test)]
