@@ -22,21 +22,8 @@ TICKS="${TICKS:-3}"
 CONCURRENCY="${CONCURRENCY:-4}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 
-command -v vmagent >/dev/null || { echo "vmagent missing: apt-get install -y victoria-metrics" >&2; exit 1; }
-cargo build --release -q -p phoenix-agent --bin phoenix-agent --example rw_loadgen
-AGENT="$CARGO_TARGET_DIR/release/phoenix-agent"
-LOADGEN="$CARGO_TARGET_DIR/release/examples/rw_loadgen"
-
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-peak_rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
-wait_http() { for _ in $(seq 1 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
-settle() { local prev=-1 now; while true; do now=$(cpu_ticks "$1"); [ "$now" = "$prev" ] && return; prev=$now; sleep 1; done; }
+# shellcheck source=bench-common.sh
+source crates/phoenix-agent/scripts/bench-common.sh
 
 cat > "$WORK/relabel.yaml" <<'YAML'
 - action: labeldrop
