@@ -264,7 +264,7 @@ impl Exporter for ExpositionExporter {
             let mut prefix = String::with_capacity(64);
             prefix.push_str(&s.name);
             let mut labels: Vec<(&str, &str)> =
-                s.labels.iter().map(|l| (&*l.name, &*l.value)).collect();
+                s.labels.iter().map(|l| (l.name, l.value)).collect();
             labels.extend_from_slice(extra_labels);
             labels.sort_by(|a, b| a.0.cmp(b.0));
             if !labels.is_empty() {

@@ -91,21 +91,17 @@ struct TopValues {
 }
 
 impl TopValues {
-    fn add(&mut self, value: &Sym, capacity: usize) {
-        if let Some(e) = self
-            .entries
-            .iter_mut()
-            .find(|(v, _)| std::sync::Arc::ptr_eq(v, value) || **v == **value)
-        {
+    fn add(&mut self, value: &str, capacity: usize) {
+        if let Some(e) = self.entries.iter_mut().find(|(v, _)| **v == *value) {
             e.1 += 1;
             return;
         }
         if self.entries.len() < capacity {
-            self.entries.push((value.clone(), 1));
+            self.entries.push((Sym::from(value), 1));
             return;
         }
         if let Some(min) = self.entries.iter_mut().min_by_key(|(_, c)| *c) {
-            *min = (value.clone(), min.1 + 1);
+            *min = (Sym::from(value), min.1 + 1);
         }
     }
 }
@@ -121,7 +117,20 @@ struct LabelAcc {
     top: TopValues,
 }
 
-type GroupKey = [Option<Sym>; MAX_BREAKDOWN_LABELS];
+/// The breakdown labels' values of a group of series.
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
+struct GroupKey([Option<Sym>; MAX_BREAKDOWN_LABELS]);
+
+/// A [`GroupKey`] borrowed from a series, to look groups up without allocating. Hashes
+/// exactly like the owned key (`Option<&str>` and `Option<Arc<str>>` hash alike).
+#[derive(Hash)]
+struct GroupKeyRef<'a>([Option<&'a str>; MAX_BREAKDOWN_LABELS]);
+
+impl hashbrown::Equivalent<GroupKey> for GroupKeyRef<'_> {
+    fn equivalent(&self, key: &GroupKey) -> bool {
+        self.0.iter().zip(&key.0).all(|(a, b)| *a == b.as_deref())
+    }
+}
 
 #[derive(Debug, Default)]
 struct MetricAcc {
@@ -229,29 +238,26 @@ impl LabelStatsCollector {
         let mut total = 0u64;
         let mut slots: [usize; 64] = [usize::MAX; 64];
         for (k, label) in series.labels.iter().enumerate() {
-            let slot =
-                match metric.labels.iter().position(|l| {
-                    std::sync::Arc::ptr_eq(&l.name, &label.name) || l.name == label.name
-                }) {
-                    Some(slot) => slot,
-                    None if metric.labels.len() < max_labels => {
-                        metric.labels.push(LabelAcc {
-                            name: label.name.clone(),
-                            name_hash: xxhash_rust::xxh3::xxh3_64(label.name.as_bytes()),
-                            series: 0,
-                            values: DistinctSketch::new(),
-                            without: DistinctSketch::new(),
-                            top: TopValues::default(),
-                        });
-                        metric.labels.len() - 1
+            let slot = match metric.labels.iter().position(|l| &*l.name == label.name) {
+                Some(slot) => slot,
+                None if metric.labels.len() < max_labels => {
+                    metric.labels.push(LabelAcc {
+                        name: Sym::from(label.name),
+                        name_hash: xxhash_rust::xxh3::xxh3_64(label.name.as_bytes()),
+                        series: 0,
+                        values: DistinctSketch::new(),
+                        without: DistinctSketch::new(),
+                        top: TopValues::default(),
+                    });
+                    metric.labels.len() - 1
+                }
+                None => {
+                    if !metric.cut_labels.contains(label.name) {
+                        metric.cut_labels.insert(Sym::from(label.name));
                     }
-                    None => {
-                        if !metric.cut_labels.contains(&label.name) {
-                            metric.cut_labels.insert(label.name.clone());
-                        }
-                        usize::MAX
-                    }
-                };
+                    usize::MAX
+                }
+            };
             let name_hash = match metric.labels.get(slot) {
                 Some(l) => l.name_hash,
                 None => xxhash_rust::xxh3::xxh3_64(label.name.as_bytes()),
@@ -269,20 +275,22 @@ impl LabelStatsCollector {
                 continue;
             };
             acc.series += 1;
-            acc.values.insert(&label.value);
+            acc.values.insert(label.value);
             acc.without
                 .insert_hash(mix(total.wrapping_sub(self.hashes[k])));
-            acc.top.add(&label.value, top_capacity);
+            acc.top.add(label.value, top_capacity);
         }
         if !self.breakdown.is_empty() {
-            let mut key: GroupKey = Default::default();
-            for (slot, name) in key.iter_mut().zip(&self.breakdown) {
-                *slot = series.labels.get(name).cloned();
+            let mut key = GroupKeyRef(Default::default());
+            for (slot, name) in key.0.iter_mut().zip(&self.breakdown) {
+                *slot = series.labels.get(name);
             }
             if let Some(count) = metric.groups.get_mut(&key) {
                 *count += 1;
             } else if metric.groups.len() < max_groups {
-                metric.groups.insert(key, 1);
+                metric
+                    .groups
+                    .insert(GroupKey(key.0.map(|v| v.map(Sym::from))), 1);
             } else {
                 metric.groups_cut_series += 1;
             }
@@ -309,6 +317,7 @@ impl LabelStatsCollector {
                     .into_iter()
                     .map(|(key, series)| {
                         let values = key
+                            .0
                             .iter()
                             .take(self.breakdown.len())
                             .map(|v| v.as_deref().unwrap_or("").to_string())
@@ -457,13 +466,13 @@ mod tests {
     fn top_values_are_exact_while_few_and_bounded_when_many() {
         let mut top = TopValues::default();
         for v in ["a", "b", "a", "c", "a", "b"] {
-            top.add(&Sym::from(v), 4);
+            top.add(v, 4);
         }
         let mut e = top.entries.clone();
         e.sort_by_key(|x| std::cmp::Reverse(x.1));
         assert_eq!((&*e[0].0, e[0].1), ("a", 3));
         for i in 0..100 {
-            top.add(&Sym::from(format!("x{i}").as_str()), 4);
+            top.add(&format!("x{i}"), 4);
         }
         assert_eq!(top.entries.len(), 4);
     }

@@ -87,12 +87,13 @@ impl hashbrown::Equivalent<Sym> for BytesKey<'_> {
     }
 }
 
-/// One label: an interned name and value.
+/// One label as an owned pair of symbols: a convenient way to build a [`Labels`] from
+/// values held elsewhere (configuration, tests). Series do not store labels this way.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Label {
     /// Label name, e.g. `pod`.
     pub name: Sym,
-    /// Label value, never empty (an empty value means the label is absent).
+    /// Label value (an empty value means the label is absent).
     pub value: Sym,
 }
 
@@ -103,96 +104,328 @@ impl Label {
     }
 }
 
-/// A label set sorted by name with unique names, excluding `__name__`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct Labels(Vec<Label>);
+/// One label of a [`Labels`], borrowed from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LabelRef<'a> {
+    /// Label name, e.g. `pod`.
+    pub name: &'a str,
+    /// Label value, never empty.
+    pub value: &'a str,
+}
+
+/// Appends the length prefix of a label name or value: six bits per byte, low bits first,
+/// `0x40` set on every byte but the last. Every byte is ASCII, so a [`Labels`] buffer stays
+/// a valid `String` and its names and values are sliced out of it without copying.
+fn push_len(buf: &mut String, mut len: usize) {
+    loop {
+        let low = (len & 0x3f) as u8;
+        len >>= 6;
+        if len == 0 {
+            buf.push(char::from(low));
+            return;
+        }
+        buf.push(char::from(low | 0x40));
+    }
+}
+
+/// Reads a length written by [`push_len`] at `*pos`, advancing `pos`.
+#[inline]
+fn read_len(bytes: &[u8], pos: &mut usize) -> Option<usize> {
+    let first = *bytes.get(*pos)?;
+    *pos += 1;
+    if first & 0x40 == 0 {
+        return Some(usize::from(first));
+    }
+    let mut len = usize::from(first & 0x3f);
+    let mut shift = 6;
+    loop {
+        let byte = *bytes.get(*pos)?;
+        *pos += 1;
+        len |= usize::from(byte & 0x3f).checked_shl(shift)?;
+        if byte & 0x40 == 0 {
+            return Some(len);
+        }
+        shift += 6;
+    }
+}
+
+/// Appends one encoded label (name and value) to a [`Labels`] buffer.
+#[inline]
+fn push_label(buf: &mut String, name: &str, value: &str) {
+    push_len(buf, name.len());
+    buf.push_str(name);
+    push_len(buf, value.len());
+    buf.push_str(value);
+}
+
+/// Bytes one label takes in a [`Labels`] buffer.
+fn encoded_label_len(name: &str, value: &str) -> usize {
+    fn len_of_len(mut len: usize) -> usize {
+        let mut bytes = 1;
+        while len >= 64 {
+            len >>= 6;
+            bytes += 1;
+        }
+        bytes
+    }
+    len_of_len(name.len()) + name.len() + len_of_len(value.len()) + value.len()
+}
+
+/// A label set sorted by name with unique names and non-empty values, excluding
+/// `__name__`.
+///
+/// Stored as one string: each label is a length-prefixed name then a length-prefixed
+/// value, in name order. The encoding is canonical (equal sets have equal bytes), so
+/// equality, hashing and the series id work on the bytes directly; a clone is one
+/// allocation and a copy, and nothing is reference-counted, so series move between the
+/// receiver threads and the engine without shared cache lines (the model of Prometheus'
+/// `stringlabels`).
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Labels {
+    buf: String,
+}
+
+impl fmt::Debug for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.iter().map(|l| (l.name, l.value)))
+            .finish()
+    }
+}
 
 impl Labels {
     /// An empty label set.
     pub fn new() -> Self {
-        Self(Vec::new())
+        Self::default()
     }
 
     /// Builds a label set from arbitrary pairs: sorts, drops empty values and keeps the
     /// last of duplicated names (the way Prometheus' label builder does).
-    pub fn from_unsorted(mut labels: Vec<Label>) -> Self {
-        labels.retain(|l| !l.value.is_empty() && &*l.name != METRIC_NAME_LABEL);
+    pub fn from_pairs<N: AsRef<str>, V: AsRef<str>>(
+        pairs: impl IntoIterator<Item = (N, V)>,
+    ) -> Self {
+        let mut pairs: Vec<(N, V)> = pairs
+            .into_iter()
+            .filter(|(n, v)| !v.as_ref().is_empty() && n.as_ref() != METRIC_NAME_LABEL)
+            .collect();
         // Stable sort keeps insertion order among equal names; keep the last one.
-        labels.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut deduped: Vec<Label> = Vec::with_capacity(labels.len());
-        for label in labels {
-            match deduped.last_mut() {
-                Some(last) if last.name == label.name => *last = label,
-                _ => deduped.push(label),
+        pairs.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+        let mut buf = String::with_capacity(
+            pairs
+                .iter()
+                .map(|(n, v)| encoded_label_len(n.as_ref(), v.as_ref()))
+                .sum(),
+        );
+        for (i, (name, value)) in pairs.iter().enumerate() {
+            let overridden = pairs
+                .get(i + 1)
+                .is_some_and(|(next, _)| next.as_ref() == name.as_ref());
+            if !overridden {
+                push_label(&mut buf, name.as_ref(), value.as_ref());
             }
         }
-        Self(deduped)
+        Self { buf }
     }
 
-    /// Builds a label set from pairs already sorted by name, unique and non-empty;
-    /// gives the pairs back when they are not.
-    pub fn from_sorted(labels: Vec<Label>) -> Result<Self, Vec<Label>> {
-        let sorted = labels.windows(2).all(|w| w[0].name < w[1].name);
-        let clean = labels
-            .iter()
-            .all(|l| !l.value.is_empty() && &*l.name != METRIC_NAME_LABEL);
-        if sorted && clean {
-            Ok(Self(labels))
-        } else {
-            Err(labels)
-        }
+    /// Builds a label set from arbitrary [`Label`]s (see [`Self::from_pairs`]).
+    pub fn from_unsorted(labels: Vec<Label>) -> Self {
+        Self::from_pairs(labels.iter().map(|l| (&*l.name, &*l.value)))
     }
 
     /// The labels in name order.
-    pub fn as_slice(&self) -> &[Label] {
-        &self.0
+    pub fn iter(&self) -> LabelsIter<'_> {
+        LabelsIter {
+            buf: &self.buf,
+            pos: 0,
+        }
     }
 
-    /// Iterates the labels in name order.
-    pub fn iter(&self) -> std::slice::Iter<'_, Label> {
-        self.0.iter()
-    }
-
-    /// Number of labels.
+    /// Number of labels (counted: the set is not indexed).
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.iter().count()
     }
 
     /// Whether there is no label.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.buf.is_empty()
+    }
+
+    /// The canonical encoding (see the type's docs): what series ids hash.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.buf.as_bytes()
+    }
+
+    /// Bytes held by the encoding.
+    pub fn encoded_len(&self) -> usize {
+        self.buf.len()
     }
 
     /// Value of label `name`, if present.
-    pub fn get(&self, name: &str) -> Option<&Sym> {
-        self.0
-            .binary_search_by(|l| (*l.name).cmp(name))
-            .ok()
-            .map(|i| &self.0[i].value)
+    pub fn get(&self, name: &str) -> Option<&str> {
+        for label in self.iter() {
+            match label.name.cmp(name) {
+                std::cmp::Ordering::Less => continue,
+                std::cmp::Ordering::Equal => return Some(label.value),
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+        None
     }
 
-    /// Sets `name` to `value` (removes it when `value` is empty).
-    pub fn set(&mut self, name: Sym, value: Sym) {
-        match self.0.binary_search_by(|l| l.name.cmp(&name)) {
-            Ok(i) if value.is_empty() => {
-                self.0.remove(i);
+    /// Whether label `name` is present.
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Finds `name`: `Ok(range of its encoding)` or `Err(where it would go)`.
+    fn locate(&self, name: &str) -> Result<std::ops::Range<usize>, usize> {
+        let mut iter = self.iter();
+        loop {
+            let start = iter.pos;
+            let Some(label) = iter.next() else {
+                return Err(self.buf.len());
+            };
+            match label.name.cmp(name) {
+                std::cmp::Ordering::Less => continue,
+                std::cmp::Ordering::Equal => return Ok(start..iter.pos),
+                std::cmp::Ordering::Greater => return Err(start),
             }
-            Ok(i) => self.0[i].value = value,
-            Err(_) if value.is_empty() => {}
-            Err(i) => self.0.insert(i, Label { name, value }),
+        }
+    }
+
+    /// Sets `name` to `value` (removes it when `value` is empty; `__name__` is ignored).
+    pub fn set(&mut self, name: &str, value: &str) {
+        if name == METRIC_NAME_LABEL {
+            return;
+        }
+        if value.is_empty() {
+            self.remove(name);
+            return;
+        }
+        let mut encoded = String::with_capacity(encoded_label_len(name, value));
+        push_label(&mut encoded, name, value);
+        match self.locate(name) {
+            Ok(range) => self.buf.replace_range(range, &encoded),
+            Err(at) => self.buf.insert_str(at, &encoded),
         }
     }
 
     /// Removes label `name` if present.
     pub fn remove(&mut self, name: &str) {
-        if let Ok(i) = self.0.binary_search_by(|l| (*l.name).cmp(name)) {
-            self.0.remove(i);
+        if let Ok(range) = self.locate(name) {
+            self.buf.drain(range);
         }
     }
 
-    /// Keeps only the labels for which `keep` returns true.
-    pub fn retain(&mut self, keep: impl FnMut(&Label) -> bool) {
-        self.0.retain(keep);
+    /// Keeps only the labels for which `keep` returns true (in place, no allocation).
+    pub fn retain(&mut self, mut keep: impl FnMut(LabelRef<'_>) -> bool) {
+        let mut pos = 0;
+        while pos < self.buf.len() {
+            let mut iter = LabelsIter {
+                buf: &self.buf,
+                pos,
+            };
+            let Some(label) = iter.next() else {
+                // Unreachable for a well-formed buffer; never loop forever.
+                self.buf.truncate(pos);
+                return;
+            };
+            let end = iter.pos;
+            if keep(label) {
+                pos = end;
+            } else {
+                self.buf.drain(pos..end);
+            }
+        }
+    }
+
+    /// Empties the set, keeping its allocation.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+    }
+}
+
+impl<'a> IntoIterator for &'a Labels {
+    type Item = LabelRef<'a>;
+    type IntoIter = LabelsIter<'a>;
+
+    fn into_iter(self) -> LabelsIter<'a> {
+        self.iter()
+    }
+}
+
+/// Iterates the labels of a [`Labels`] in name order.
+#[derive(Debug, Clone)]
+pub struct LabelsIter<'a> {
+    buf: &'a str,
+    pos: usize,
+}
+
+impl<'a> Iterator for LabelsIter<'a> {
+    type Item = LabelRef<'a>;
+
+    #[inline]
+    fn next(&mut self) -> Option<LabelRef<'a>> {
+        let bytes = self.buf.as_bytes();
+        if self.pos >= bytes.len() {
+            return None;
+        }
+        let mut pos = self.pos;
+        let name_len = read_len(bytes, &mut pos)?;
+        let name = self.buf.get(pos..pos + name_len)?;
+        pos += name_len;
+        let value_len = read_len(bytes, &mut pos)?;
+        let value = self.buf.get(pos..pos + value_len)?;
+        self.pos = pos + value_len;
+        Some(LabelRef { name, value })
+    }
+}
+
+/// Builds a [`Labels`] from pairs that usually arrive sorted (as decoders see them),
+/// without an intermediate vector; out-of-order or repeated names fall back to a sort.
+#[derive(Debug, Default)]
+pub struct LabelsWriter {
+    buf: String,
+    last_name: std::ops::Range<usize>,
+    sorted: bool,
+}
+
+impl LabelsWriter {
+    /// A writer with room for `bytes` of encoded labels.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            buf: String::with_capacity(bytes),
+            last_name: 0..0,
+            sorted: true,
+        }
+    }
+
+    /// Appends a label; empty values and `__name__` are skipped.
+    #[inline]
+    pub fn push(&mut self, name: &str, value: &str) {
+        if value.is_empty() || name == METRIC_NAME_LABEL {
+            return;
+        }
+        if !self.buf.is_empty() && self.buf.get(self.last_name.clone()).unwrap_or("") >= name {
+            self.sorted = false;
+        }
+        push_len(&mut self.buf, name.len());
+        let start = self.buf.len();
+        self.buf.push_str(name);
+        self.last_name = start..self.buf.len();
+        push_len(&mut self.buf, value.len());
+        self.buf.push_str(value);
+    }
+
+    /// The label set.
+    pub fn finish(self) -> Labels {
+        let labels = Labels { buf: self.buf };
+        if self.sorted {
+            labels
+        } else {
+            let pairs: Vec<LabelRef<'_>> = labels.iter().collect();
+            Labels::from_pairs(pairs.iter().map(|l| (l.name, l.value)))
+        }
     }
 }
 
@@ -303,49 +536,48 @@ impl fmt::Display for SeriesId {
 }
 
 /// Hashes a name and labels the way [`Series::id`] does.
+#[inline]
 pub fn series_id(name: &str, labels: &Labels) -> SeriesId {
-    SeriesId(hash_name_and_labels(
-        name,
-        labels.iter().map(|l| (&*l.name, &*l.value)),
-    ))
+    SeriesId(hash_name_and_encoded_labels(name, labels.as_bytes()))
 }
 
-/// xxh3 of `name`, then `0xff name 0xfe value` per label: separators that cannot appear
-/// in UTF-8 keep `a="bc"` and `ab="c"` apart. Computed in one shot over a reused
-/// per-thread buffer, which gives the digest a streaming hasher fed the same parts would,
-/// at a fraction of the cost (the streaming hasher pays per call, and a series makes
-/// forty-odd calls).
+/// xxh3 of the labels' canonical encoding (see [`Labels`]), seeded with the xxh3 of the
+/// name: two one-shot hashes over bytes already in place, no copying. The encoding is
+/// length-prefixed, so `a="bc"` and `ab="c"` hash apart.
+#[inline]
+pub fn hash_name_and_encoded_labels(name: &str, encoded_labels: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(
+        encoded_labels,
+        xxhash_rust::xxh3::xxh3_64(name.as_bytes()),
+    )
+}
+
+/// Hashes `name` and `labels` (sorted by name, as a [`Labels`] holds them) exactly as
+/// [`series_id`] hashes a series with those labels, encoding them into a reused
+/// per-thread buffer. For ids of label subsets (groups) without building a [`Labels`].
 pub fn hash_name_and_labels<'a>(
     name: &str,
     labels: impl Iterator<Item = (&'a str, &'a str)>,
 ) -> u64 {
-    fn fill<'a>(
-        buffer: &mut Vec<u8>,
-        name: &str,
-        labels: impl Iterator<Item = (&'a str, &'a str)>,
-    ) {
+    fn fill<'a>(buffer: &mut String, labels: impl Iterator<Item = (&'a str, &'a str)>) {
         buffer.clear();
-        buffer.extend_from_slice(name.as_bytes());
         for (label, value) in labels {
-            buffer.push(0xff);
-            buffer.extend_from_slice(label.as_bytes());
-            buffer.push(0xfe);
-            buffer.extend_from_slice(value.as_bytes());
+            push_label(buffer, label, value);
         }
     }
     thread_local! {
-        static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+        static BUFFER: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(1024));
     }
     BUFFER.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buffer) => {
-            fill(&mut buffer, name, labels);
-            xxhash_rust::xxh3::xxh3_64(&buffer)
+            fill(&mut buffer, labels);
+            hash_name_and_encoded_labels(name, buffer.as_bytes())
         }
         // Only reachable if a caller re-entered from inside `labels`; stay correct.
         Err(_) => {
-            let mut buffer = Vec::new();
-            fill(&mut buffer, name, labels);
-            xxhash_rust::xxh3::xxh3_64(&buffer)
+            let mut buffer = String::new();
+            fill(&mut buffer, labels);
+            hash_name_and_encoded_labels(name, buffer.as_bytes())
         }
     })
 }
@@ -384,7 +616,7 @@ impl Series {
         if name == METRIC_NAME_LABEL {
             Some(&self.name)
         } else {
-            self.labels.get(name).map(|v| &**v)
+            self.labels.get(name)
         }
     }
 
@@ -419,7 +651,7 @@ impl fmt::Display for Series {
             if i > 0 {
                 f.write_str(",")?;
             }
-            write!(f, "{}={:?}", label.name, &*label.value)?;
+            write!(f, "{}={:?}", label.name, label.value)?;
         }
         f.write_str("}")
     }
@@ -457,7 +689,6 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xxhash_rust::xxh3::Xxh3;
 
     fn sym(s: &str) -> Sym {
         Arc::from(s)
@@ -488,23 +719,81 @@ mod tests {
         let b = Labels::from_unsorted(vec![Label::new(sym("ab"), sym("c"))]);
         assert_ne!(series_id("m", &a), series_id("m", &b));
         assert_eq!(series_id("m", &a), series_id("m", &a.clone()));
+        assert_ne!(series_id("m", &a), series_id("n", &a));
     }
 
     #[test]
-    fn one_shot_series_id_equals_the_streaming_digest() {
-        let labels = Labels::from_unsorted(vec![
-            Label::new(sym("job"), sym("api")),
-            Label::new(sym("pod"), sym(&"p".repeat(300))),
+    fn hashing_pairs_equals_hashing_the_label_set() {
+        let labels = Labels::from_pairs([
+            ("job", "api".to_string()),
+            ("pod", "p".repeat(300)),
+            ("zone", "zoné".to_string()),
         ]);
-        let mut hasher = Xxh3::new();
-        hasher.update(b"requests_total");
-        for label in labels.iter() {
-            hasher.update(&[0xff]);
-            hasher.update(label.name.as_bytes());
-            hasher.update(&[0xfe]);
-            hasher.update(label.value.as_bytes());
+        let pairs = labels.iter().map(|l| (l.name, l.value));
+        assert_eq!(
+            hash_name_and_labels("requests_total", pairs),
+            series_id("requests_total", &labels).0
+        );
+    }
+
+    #[test]
+    fn long_names_and_values_round_trip_through_the_encoding() {
+        for len in [0usize, 1, 63, 64, 65, 4095, 4096, 4097, 300_000] {
+            let value = "v".repeat(len.max(1));
+            let name = "n".repeat(len.max(1));
+            let labels = Labels::from_pairs([(name.as_str(), value.as_str()), ("a", "b")]);
+            let got: Vec<(String, String)> = labels
+                .iter()
+                .map(|l| (l.name.to_string(), l.value.to_string()))
+                .collect();
+            assert_eq!(
+                got,
+                vec![("a".into(), "b".into()), (name.clone(), value.clone())]
+            );
+            assert_eq!(labels.get(&name), Some(value.as_str()));
         }
-        assert_eq!(series_id("requests_total", &labels).0, hasher.digest());
+    }
+
+    #[test]
+    fn set_remove_and_retain_keep_the_set_sorted_and_canonical() {
+        let mut labels = Labels::from_pairs([("b", "2"), ("d", "4")]);
+        labels.set("c", "3");
+        labels.set("a", "1");
+        labels.set("e", "5");
+        labels.set("b", "two");
+        assert_eq!(
+            labels,
+            Labels::from_pairs([("e", "5"), ("a", "1"), ("c", "3"), ("b", "two"), ("d", "4")])
+        );
+        labels.remove("c");
+        labels.remove("zz");
+        labels.retain(|l| l.name != "a" && l.name != "e");
+        assert_eq!(labels, Labels::from_pairs([("b", "two"), ("d", "4")]));
+        assert_eq!(labels.len(), 2);
+        labels.set("__name__", "x");
+        assert_eq!(labels.len(), 2);
+        labels.retain(|_| false);
+        assert!(labels.is_empty());
+    }
+
+    #[test]
+    fn the_writer_sorts_only_when_it_must() {
+        let mut writer = LabelsWriter::with_capacity(0);
+        for (n, v) in [("a", "1"), ("c", "3"), ("b", "2"), ("a", "9"), ("e", "")] {
+            writer.push(n, v);
+        }
+        assert_eq!(
+            writer.finish(),
+            Labels::from_pairs([("a", "9"), ("b", "2"), ("c", "3")])
+        );
+        let mut writer = LabelsWriter::with_capacity(0);
+        writer.push("__name__", "m");
+        writer.push("a", "1");
+        writer.push("b", "2");
+        assert_eq!(
+            writer.finish(),
+            Labels::from_pairs([("a", "1"), ("b", "2")])
+        );
     }
 
     #[test]
@@ -531,9 +820,9 @@ mod tests {
     #[test]
     fn set_with_empty_value_removes_the_label() {
         let mut labels = Labels::from_unsorted(vec![Label::new(sym("a"), sym("1"))]);
-        labels.set(sym("b"), sym("2"));
-        assert_eq!(labels.get("b").map(|v| &**v), Some("2"));
-        labels.set(sym("a"), sym(""));
+        labels.set("b", "2");
+        assert_eq!(labels.get("b"), Some("2"));
+        labels.set("a", "");
         assert!(labels.get("a").is_none());
         assert_eq!(labels.len(), 1);
     }

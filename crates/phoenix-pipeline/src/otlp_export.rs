@@ -871,7 +871,7 @@ mod tests {
         assert!(back
             .series
             .iter()
-            .all(|s| s.labels.get("phoenix_variant").map(|v| &**v) == Some("b")));
+            .all(|s| s.labels.get("phoenix_variant") == Some("b")));
     }
 
     #[test]

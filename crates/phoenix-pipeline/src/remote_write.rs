@@ -9,9 +9,7 @@
 
 use std::ops::Range;
 
-use crate::model::{
-    Batch, Interner, Label, Labels, MetricKind, Sample, Series, Sym, METRIC_NAME_LABEL,
-};
+use crate::model::{Batch, Interner, LabelsWriter, MetricKind, Sample, Series, METRIC_NAME_LABEL};
 
 /// Default ceiling on the decompressed size of one request: 64 MiB.
 pub const DEFAULT_MAX_DECOMPRESSED_BYTES: usize = 64 << 20;
@@ -178,8 +176,9 @@ impl<'a> WriteRequestView<'a> {
             .map(|(l, t)| (self.str_at(l.name_start, l.name_end), *t))
     }
 
-    /// Appends the request's series to `batch`, interning strings (and checking them for
-    /// UTF-8). Series without a `__name__` label are skipped and their count returned.
+    /// Appends the request's series to `batch`, checking strings for UTF-8 and interning
+    /// metric names. Series without a `__name__` label are skipped and their count
+    /// returned.
     pub fn append_to_batch(
         &self,
         interner: &mut Interner,
@@ -195,56 +194,74 @@ impl<'a> WriteRequestView<'a> {
         batch.series.reserve(self.series_count());
         for series_ref in self.series() {
             let range = series_ref.labels.start as usize..series_ref.labels.end as usize;
-            let mut labels: Vec<Label> = Vec::with_capacity(range.len());
-            let mut name: Option<Sym> = None;
-            // Neighbouring series share most of their strings (same metric, namespace,
-            // service...): bytes equal to the previous series' symbol at the same place
-            // reuse it without hashing (and need no UTF-8 check, the symbol is valid).
-            let previous = batch.series.last();
-            for l in &self.decoded.labels[range] {
-                let utf8 = |_| DecodeError::Utf8 {
-                    offset: l.name_start as usize,
+            let labels = &self.decoded.labels[range];
+            let span = self.label_span(labels);
+            let mut writer = LabelsWriter::with_capacity(span.as_ref().map_or(0, |s| s.1.len()));
+            let mut name: Option<&str> = None;
+            for l in labels {
+                let (label_name, label_value) = match &span {
+                    Some((base, text)) => (
+                        text.get((l.name_start - base) as usize..(l.name_end - base) as usize),
+                        text.get((l.value_start - base) as usize..(l.value_end - base) as usize),
+                    ),
+                    None => (
+                        std::str::from_utf8(self.bytes_at(l.name_start, l.name_end)).ok(),
+                        std::str::from_utf8(self.bytes_at(l.value_start, l.value_end)).ok(),
+                    ),
                 };
-                let label_name = self.bytes_at(l.name_start, l.name_end);
-                let label_value = self.bytes_at(l.value_start, l.value_end);
-                if label_name == METRIC_NAME_LABEL.as_bytes() {
-                    name = Some(match previous {
-                        Some(p) if p.name.as_bytes() == label_value => p.name.clone(),
-                        _ => interner.intern_bytes(label_value).map_err(utf8)?,
+                let (Some(label_name), Some(label_value)) = (label_name, label_value) else {
+                    return Err(DecodeError::Utf8 {
+                        offset: l.name_start as usize,
                     });
-                } else if !label_value.is_empty() {
-                    let same_place = previous.and_then(|p| p.labels.as_slice().get(labels.len()));
-                    let label_name = match same_place {
-                        Some(p) if p.name.as_bytes() == label_name => p.name.clone(),
-                        _ => interner.intern_bytes(label_name).map_err(utf8)?,
-                    };
-                    let label_value = match same_place {
-                        Some(p) if p.value.as_bytes() == label_value => p.value.clone(),
-                        _ => interner.intern_bytes(label_value).map_err(utf8)?,
-                    };
-                    labels.push(Label::new(label_name, label_value));
+                };
+                if label_name == METRIC_NAME_LABEL {
+                    name = Some(label_value);
                 } else {
-                    interner.intern_bytes(label_name).map_err(utf8)?;
+                    writer.push(label_name, label_value);
                 }
             }
             let Some(name) = name.filter(|n| !n.is_empty()) else {
                 skipped_without_name += 1;
                 continue;
             };
-            let labels = Labels::from_sorted(labels).unwrap_or_else(Labels::from_unsorted);
-            let kind = family_kinds
-                .iter()
-                .find(|(family, _)| family_matches(family, &name))
-                .map(|(_, kind)| *kind)
-                .unwrap_or_else(|| MetricKind::from_prometheus_name(&name));
+            // Neighbouring series usually share their metric: reuse its symbol and kind.
+            let (name, kind) = match batch.series.last() {
+                Some(previous) if &*previous.name == name => (previous.name.clone(), previous.kind),
+                _ => {
+                    let kind = family_kinds
+                        .iter()
+                        .find(|(family, _)| family_matches(family, name))
+                        .map(|(_, kind)| *kind)
+                        .unwrap_or_else(|| MetricKind::from_prometheus_name(name));
+                    (interner.intern(name), kind)
+                }
+            };
             batch.series.push(Series::new(
                 name,
-                labels,
+                writer.finish(),
                 kind,
                 self.samples(series_ref).to_vec(),
             ));
         }
         Ok(skipped_without_name)
+    }
+
+    /// The bytes from a series' first label to the end of its last, as one string when
+    /// they are valid UTF-8 (with the offset of its first byte): one check for the whole
+    /// series instead of one per name and value. Every name and value in it is bounded by
+    /// protobuf key or length bytes, which are ASCII, so slicing the checked string at
+    /// their bounds yields them, valid. `None` (a non-ASCII length byte, a field between
+    /// the labels, a bad string) makes the caller check each string alone.
+    fn label_span(&self, labels: &[LabelRef]) -> Option<(u32, &'a str)> {
+        let first = labels.first()?;
+        let last = labels.last()?;
+        let start = first.name_start.min(first.value_start);
+        let end = last.value_end.max(last.name_end);
+        if start > end {
+            return None;
+        }
+        let text = std::str::from_utf8(self.bytes_at(start, end)).ok()?;
+        Some((start, text))
     }
 }
 
@@ -685,21 +702,23 @@ fn for_each_label_pair<'a>(
     mut visit: impl FnMut(&'a str, &'a str),
 ) {
     if extra.is_empty() {
-        let labels = series.labels.as_slice();
-        let split = labels.partition_point(|l| &*l.name < METRIC_NAME_LABEL);
-        for l in &labels[..split] {
-            visit(&l.name, &l.value);
+        let mut name_pending = true;
+        for l in series.labels.iter() {
+            if name_pending && l.name > METRIC_NAME_LABEL {
+                visit(METRIC_NAME_LABEL, &series.name);
+                name_pending = false;
+            }
+            visit(l.name, l.value);
         }
-        visit(METRIC_NAME_LABEL, &series.name);
-        for l in &labels[split..] {
-            visit(&l.name, &l.value);
+        if name_pending {
+            visit(METRIC_NAME_LABEL, &series.name);
         }
         return;
     }
     let mut merged: Vec<(&'a str, &'a str)> =
         Vec::with_capacity(series.labels.len() + 1 + extra.len());
     merged.push((METRIC_NAME_LABEL, &*series.name));
-    merged.extend(series.labels.iter().map(|l| (&*l.name, &*l.value)));
+    merged.extend(series.labels.iter().map(|l| (l.name, l.value)));
     for (name, value) in extra {
         if let Some(existing) = merged.iter_mut().find(|(n, _)| n == name) {
             existing.1 = value;
@@ -919,10 +938,7 @@ pub mod reference {
                 if l.name == crate::model::METRIC_NAME_LABEL {
                     name = Some(l.value.as_str());
                 } else if !l.value.is_empty() {
-                    labels.push(crate::model::Label::new(
-                        interner.intern(&l.name),
-                        interner.intern(&l.value),
-                    ));
+                    labels.push((l.name.as_str(), l.value.as_str()));
                 }
             }
             let Some(name) = name.filter(|n| !n.is_empty()) else {
@@ -931,7 +947,7 @@ pub mod reference {
             let kind = crate::model::MetricKind::from_prometheus_name(name);
             batch.series.push(crate::model::Series::new(
                 interner.intern(name),
-                crate::model::Labels::from_unsorted(labels),
+                crate::model::Labels::from_pairs(labels),
                 kind,
                 ts.samples
                     .iter()
@@ -946,16 +962,12 @@ pub mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Labels;
     use prost::Message;
     use std::sync::Arc;
 
     fn series(name: &str, labels: &[(&str, &str)], samples: &[(i64, f64)]) -> Series {
-        let labels = Labels::from_unsorted(
-            labels
-                .iter()
-                .map(|(n, v)| Label::new(Arc::from(*n), Arc::from(*v)))
-                .collect(),
-        );
+        let labels = Labels::from_pairs(labels.iter().copied());
         Series::new(
             Arc::from(name),
             labels,

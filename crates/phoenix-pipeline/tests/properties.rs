@@ -146,7 +146,7 @@ proptest! {
             let protected: Vec<Series> = batch
                 .series
                 .iter()
-                .filter(|s| s.labels.get("tier").map(|v| &**v) == Some("critical"))
+                .filter(|s| s.labels.get("tier") == Some("critical"))
                 .cloned()
                 .collect();
             let output = pipeline.process(batch);
@@ -167,7 +167,7 @@ proptest! {
         let mut pipeline = build(&[], &chain);
         for batch in batches(&pop, 3) {
             let protected: Vec<Series> = batch.series.iter()
-                .filter(|s| s.labels.get("tier").map(|v| &**v) == Some("critical"))
+                .filter(|s| s.labels.get("tier") == Some("critical"))
                 .cloned().collect();
             let output = pipeline.process(batch);
             for p in &protected {

@@ -256,8 +256,8 @@ fn stable_group_key(series: &Series, without: &[Sym]) -> u64 {
         series
             .labels
             .iter()
-            .filter(|l| !without.contains(&l.name))
-            .map(|l| (&*l.name, &*l.value)),
+            .filter(|l| !crate::processor::contains_name(without, l.name))
+            .map(|l| (l.name, l.value)),
     )
 }
 
@@ -390,13 +390,13 @@ impl Processor for AdaptiveProcessor {
                 let group =
                     crate::model::series_id(&series.name, &kept_set).0 ^ ADAPTIVE_GROUP_SALT;
                 let mut labels = kept_set;
-                labels.set(Sym::from(FOLDED_LABEL), Sym::from("other"));
+                labels.set(FOLDED_LABEL, "other");
                 (group, labels)
             } else {
                 let group = stable_group_key(&series, &self.without);
                 let mut labels: Labels = series.labels.clone();
-                labels.retain(|l| !self.without.contains(&l.name));
-                labels.set(Sym::from(FOLDED_LABEL), Sym::from("aggregated"));
+                labels.retain(|l| !crate::processor::contains_name(&self.without, l.name));
+                labels.set(FOLDED_LABEL, "aggregated");
                 (group, labels)
             };
             let make = || (series.name.clone(), labels_for_group);

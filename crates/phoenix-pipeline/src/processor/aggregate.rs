@@ -54,10 +54,10 @@ enum Grouping {
 }
 
 impl Grouping {
-    fn keeps(&self, name: &Sym) -> bool {
+    fn keeps(&self, name: &str) -> bool {
         match self {
-            Self::By(by) => by.contains(name),
-            Self::Without(without) => !without.contains(name),
+            Self::By(by) => super::contains_name(by, name),
+            Self::Without(without) => !super::contains_name(without, name),
         }
     }
 }
@@ -130,8 +130,8 @@ fn group_key(series: &Series, grouping: &Grouping) -> u64 {
         series
             .labels
             .iter()
-            .filter(|l| grouping.keeps(&l.name))
-            .map(|l| (&*l.name, &*l.value)),
+            .filter(|l| grouping.keeps(l.name))
+            .map(|l| (l.name, l.value)),
     )
 }
 
@@ -235,13 +235,8 @@ impl GroupState {
             Entry::Occupied(e) => *e.get(),
             Entry::Vacant(e) => {
                 // Only the kept labels are cloned (still sorted and unique).
-                let kept: Vec<_> = series
-                    .labels
-                    .iter()
-                    .filter(|l| grouping.keeps(&l.name))
-                    .cloned()
-                    .collect();
-                let labels = Labels::from_sorted(kept).unwrap_or_else(Labels::from_unsorted);
+                let mut labels = series.labels.clone();
+                labels.retain(|l| grouping.keeps(l.name));
                 let name = series.name.clone();
                 let output_names = outputs
                     .iter()
@@ -491,7 +486,7 @@ mod tests {
                 self.folder
                     .add(group_key(series, grouping), series, increase, || {
                         let mut labels = series.labels.clone();
-                        labels.retain(|l| grouping.keeps(&l.name));
+                        labels.retain(|l| grouping.keeps(l.name));
                         (series.name.clone(), labels)
                     });
             }

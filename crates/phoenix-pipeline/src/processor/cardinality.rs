@@ -139,7 +139,7 @@ impl Processor for CardinalityLimitProcessor {
             let group = crate::model::series_id(&series.name, &kept).0 ^ 0x6f76_6572_666c; // "overfl"
             self.folder.add(group, &series, increase, || {
                 let mut labels = kept;
-                labels.set(Sym::from(FOLDED_LABEL), Sym::from("overflow"));
+                labels.set(FOLDED_LABEL, "overflow");
                 (series.name.clone(), labels)
             });
         }

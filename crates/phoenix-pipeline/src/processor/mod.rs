@@ -181,16 +181,22 @@ pub fn unit_id(series: &Series, keep_labels: &[Sym]) -> u64 {
         series
             .labels
             .iter()
-            .filter(|l| !keep_labels.contains(&l.name))
-            .map(|l| (&*l.name, &*l.value)),
+            .filter(|l| !crate::processor::contains_name(keep_labels, l.name))
+            .map(|l| (l.name, l.value)),
     )
 }
 
 /// The labels of `series` that are in `keep_labels`.
 pub fn kept_labels(labels: &Labels, keep_labels: &[Sym]) -> Labels {
     let mut kept = labels.clone();
-    kept.retain(|l| keep_labels.contains(&l.name));
+    kept.retain(|l| crate::processor::contains_name(keep_labels, l.name));
     kept
+}
+
+/// Whether `name` is one of `names`.
+#[inline]
+pub fn contains_name(names: &[Sym], name: &str) -> bool {
+    names.iter().any(|n| **n == *name)
 }
 
 /// Turns label name strings into symbols.

@@ -4,11 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{FieldError, Processor, ProcessorStats};
-use crate::model::{Batch, Interner};
+use crate::model::Batch;
 use crate::relabel::{relabel_series_cached, NameMatchCache, RelabelConfig, RelabelRule};
-
-/// Interned strings kept before the relabel interner is reset (bounds memory under churn).
-const MAX_INTERNED_STRINGS: usize = 1 << 20;
 
 /// Configuration of `relabel`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -38,7 +35,6 @@ impl RelabelProcessorConfig {
         if errors.is_empty() {
             Ok(RelabelProcessor {
                 rules,
-                interner: Interner::new(),
                 cache: NameMatchCache::default(),
                 seen: hashbrown::HashSet::default(),
                 stats: ProcessorStats::default(),
@@ -53,7 +49,6 @@ impl RelabelProcessorConfig {
 #[derive(Debug)]
 pub struct RelabelProcessor {
     rules: Vec<RelabelRule>,
-    interner: Interner,
     cache: NameMatchCache,
     /// Ids kept in the current batch; emptied, not freed, between batches.
     seen: hashbrown::HashSet<crate::model::SeriesId, ahash::RandomState>,
@@ -66,12 +61,8 @@ impl Processor for RelabelProcessor {
     }
 
     fn process(&mut self, mut batch: Batch) -> Batch {
-        if self.interner.len() > MAX_INTERNED_STRINGS {
-            self.interner.clear();
-        }
-        let (rules, interner, cache, seen, stats) = (
+        let (rules, cache, seen, stats) = (
             &self.rules,
-            &mut self.interner,
             &mut self.cache,
             &mut self.seen,
             &mut self.stats,
@@ -88,8 +79,7 @@ impl Processor for RelabelProcessor {
         batch.series.retain_mut(|series| {
             let metric = series.name.clone();
             stats.received(&metric);
-            let keep =
-                relabel_series_cached(rules, series, interner, cache) && seen.insert(series.id());
+            let keep = relabel_series_cached(rules, series, cache) && seen.insert(series.id());
             if keep {
                 stats.passed(&metric);
             } else {

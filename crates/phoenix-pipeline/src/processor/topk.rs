@@ -223,7 +223,7 @@ impl Processor for TopkProcessor {
             };
             let make = || {
                 let mut labels = kept_labels(&series.labels, keep_labels);
-                labels.set(Sym::from(FOLDED_LABEL), Sym::from("other"));
+                labels.set(FOLDED_LABEL, "other");
                 (series.name.clone(), labels)
             };
             if top.contains(&unit) {
