@@ -16,21 +16,11 @@ use crate::labelstats::{LabelStats, LabelStatsCollector, LabelStatsConfig};
 use crate::model::{Batch, Series, SeriesId, Sym};
 use crate::processor::MetricCounts;
 use crate::remote_write::encoded_series_len;
+use crate::seen::{SeenTable, LOOKAHEAD};
 use crate::selector::{any_matches, Selector};
 
 /// Batches a series may stay unseen before the meter forgets it (as the fold trackers do).
 const IDLE_BATCHES_BEFORE_EXPIRY: u64 = fold::DEFAULT_IDLE_BATCHES_BEFORE_EXPIRY;
-
-/// What the meter remembers of one series: its last value (NaN until a cumulative value
-/// was seen), the batch it was last seen in, and the interval it was last counted in.
-/// Both indexes are kept modulo 2³² (compared by wrapping distance), so an entry is 16
-/// bytes: the meter holds one per distinct input and output series.
-#[derive(Debug, Clone, Copy)]
-struct Seen {
-    last_value: f64,
-    batch_index: u32,
-    interval: u32,
-}
 
 /// One metric's total over an interval (see the module docs) and its distinct series.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -39,32 +29,18 @@ pub struct MetricSum {
     pub series: u64,
 }
 
-/// Shards of the per-series map (by the id's top bits). A hash table grows by doubling and
-/// holds its old and new arrays while it moves the entries over; with one table of a
-/// million series that moment alone costs a third more memory than the table itself, and
-/// it is the process' peak. With 64 shards only one small shard grows at a time.
-const SEEN_SHARD_BITS: u32 = 6;
-
 /// Per-metric totals of successive batches (see the module docs) and the distinct series
-/// of the current interval, with one hash-table operation per series: the map that turns
-/// cumulative values into increases also counts distinct series.
+/// of the current interval, with one table operation per series: the table that turns
+/// cumulative values into increases also counts distinct series (see [`SeenTable`]).
 #[derive(Debug)]
 pub struct MetricTotals {
-    seen: Vec<HashMap<SeriesId, Seen, ahash::RandomState>>,
-    batch_index: u32,
-    interval: u32,
-    distinct_series: u64,
+    seen: SeenTable,
 }
 
 impl Default for MetricTotals {
     fn default() -> Self {
         Self {
-            seen: (0..1 << SEEN_SHARD_BITS)
-                .map(|_| HashMap::default())
-                .collect(),
-            batch_index: 0,
-            interval: 0,
-            distinct_series: 0,
+            seen: SeenTable::new(IDLE_BATCHES_BEFORE_EXPIRY),
         }
     }
 }
@@ -82,53 +58,17 @@ impl MetricTotals {
 
     /// Distinct series seen since the last [`Self::start_interval`].
     pub fn distinct_series(&self) -> u64 {
-        self.distinct_series
+        self.seen.distinct_in_interval()
+    }
+
+    /// Series remembered (counted in this interval or not yet expired).
+    pub fn remembered_series(&self) -> usize {
+        self.seen.len()
     }
 
     /// Starts counting distinct series afresh (increases keep their state).
     pub fn start_interval(&mut self) {
-        self.interval = self.interval.wrapping_add(1);
-        self.distinct_series = 0;
-    }
-
-    /// Counts series `id` for this interval and returns its contribution to its metric's
-    /// total: a gauge's value, a cumulative series' reset-aware increase (none the first
-    /// time; NaN staleness markers count as no increase), and whether the series is new
-    /// in this interval.
-    fn contribution(&mut self, id: SeriesId, cumulative: bool, value: f64) -> (f64, bool) {
-        let (batch_index, interval) = (self.batch_index, self.interval);
-        let shard = (id.0 >> (64 - SEEN_SHARD_BITS)) as usize;
-        let Some(seen) = self.seen.get_mut(shard) else {
-            return (0.0, false);
-        };
-        let entry = seen.entry(id).or_insert(Seen {
-            last_value: f64::NAN,
-            batch_index,
-            // Never equal to the current interval: counted just below.
-            interval: interval.wrapping_sub(1),
-        });
-        let new = entry.interval != interval;
-        if new {
-            entry.interval = interval;
-            self.distinct_series += 1;
-        }
-        entry.batch_index = batch_index;
-        if !cumulative {
-            return (if value.is_nan() { 0.0 } else { value }, new);
-        }
-        if value.is_nan() {
-            return (0.0, new);
-        }
-        let previous = std::mem::replace(&mut entry.last_value, value);
-        let increase = if previous.is_nan() {
-            0.0
-        } else if value >= previous {
-            value - previous
-        } else {
-            // A reset: the counter restarted from zero.
-            value
-        };
-        (increase, new)
+        self.seen.start_interval();
     }
 
     /// Like [`Self::observe`] with the series ids already computed (`ids[i]` is the id of
@@ -151,35 +91,32 @@ impl MetricTotals {
         into: &mut HashMap<Sym, MetricSum, ahash::RandomState>,
         mut on_new: impl FnMut(&Series),
     ) {
-        self.batch_index = self.batch_index.wrapping_add(1);
-        if self.batch_index.is_multiple_of(64) {
-            let (now, interval) = (self.batch_index, self.interval);
-            // Series counted this interval stay, so they are never counted twice.
-            for seen in &mut self.seen {
-                seen.retain(|_, s| {
-                    u64::from(now.wrapping_sub(s.batch_index)) <= IDLE_BATCHES_BEFORE_EXPIRY
-                        || s.interval == interval
-                });
-            }
-        }
+        self.seen.start_batch();
         // The total of the metric of the current run of series (batches keep a metric's
         // series together): found by the interned name's address, not by hashing it.
         let mut run: Option<(&Sym, &mut MetricSum)> = None;
-        for (series, id) in batch.series.iter().zip(ids) {
-            let Some(last) = series.last_sample() else {
-                continue;
-            };
-            let (contribution, new) = self.contribution(*id, series.is_cumulative(), last.value);
-            let sum: &mut MetricSum = match run.take() {
-                Some((name, sum)) if std::sync::Arc::ptr_eq(name, &series.name) => sum,
-                _ => into.entry_ref(&*series.name).or_default(),
-            };
-            sum.total += contribution;
-            if new {
-                sum.series += 1;
-                on_new(series);
+        let mut ahead = [0u64; LOOKAHEAD];
+        for (chunk_series, chunk_ids) in batch.series.chunks(LOOKAHEAD).zip(ids.chunks(LOOKAHEAD)) {
+            for (slot, id) in ahead.iter_mut().zip(chunk_ids) {
+                *slot = id.0;
             }
-            run = Some((&series.name, sum));
+            self.seen.prefetch(&ahead[..chunk_ids.len()]);
+            for (series, id) in chunk_series.iter().zip(chunk_ids) {
+                let Some(last) = series.last_sample() else {
+                    continue;
+                };
+                let observation = self.seen.observe(id.0, series.is_cumulative(), last.value);
+                let sum: &mut MetricSum = match run.take() {
+                    Some((name, sum)) if std::sync::Arc::ptr_eq(name, &series.name) => sum,
+                    _ => into.entry_ref(&*series.name).or_default(),
+                };
+                sum.total += observation.contribution;
+                if observation.new_in_interval {
+                    sum.series += 1;
+                    on_new(series);
+                }
+                run = Some((&series.name, sum));
+            }
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod receiver;
 pub mod relabel;
 pub mod remote_write;
 pub mod scrape;
+pub mod seen;
 pub mod selector;
 pub mod simulator;
 pub mod telemetry;
