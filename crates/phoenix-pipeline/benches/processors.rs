@@ -84,9 +84,7 @@ fn forward(c: &mut Criterion) {
     let mut run = |requests: &[Vec<u8>]| -> usize {
         let mut input = Batch::default();
         for request in requests {
-            if let Ok(view) = decoder.decode(request) {
-                let _ = view.append_to_batch(&mut interner, &mut input);
-            }
+            let _ = decoder.decode(request, &mut interner, &mut input);
         }
         meter.record_input(&input, &[]);
         let output = p.process(input);

@@ -26,14 +26,6 @@ fn decode(c: &mut Criterion) {
     group.throughput(Throughput::Elements(samples));
 
     let mut decoder = RemoteWriteDecoder::default();
-    group.bench_function("hand_view", |b| {
-        b.iter(|| {
-            decoder
-                .decode(&compressed)
-                .map(|v| v.sample_count())
-                .unwrap_or(0)
-        })
-    });
     group.bench_function("prost_message", |b| {
         b.iter(|| {
             let body = snap::raw::Decoder::new()
@@ -48,9 +40,7 @@ fn decode(c: &mut Criterion) {
     group.bench_function("hand_to_batch", |b| {
         b.iter(|| {
             let mut out = Batch::default();
-            if let Ok(view) = decoder.decode(&compressed) {
-                let _ = view.append_to_batch(&mut interner, &mut out);
-            }
+            let _ = decoder.decode(&compressed, &mut interner, &mut out);
             out.len()
         })
     });

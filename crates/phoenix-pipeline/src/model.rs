@@ -128,6 +128,20 @@ fn push_len(buf: &mut String, mut len: usize) {
     }
 }
 
+/// [`push_len`] into a byte buffer (for decoders that check UTF-8 once at the end).
+#[inline]
+pub(crate) fn push_len_bytes(buf: &mut Vec<u8>, mut len: usize) {
+    loop {
+        let low = (len & 0x3f) as u8;
+        len >>= 6;
+        if len == 0 {
+            buf.push(low);
+            return;
+        }
+        buf.push(low | 0x40);
+    }
+}
+
 /// Reads a length written by [`push_len`] at `*pos`, advancing `pos`.
 #[inline]
 fn read_len(bytes: &[u8], pos: &mut usize) -> Option<usize> {
@@ -225,6 +239,19 @@ impl Labels {
             }
         }
         Self { buf }
+    }
+
+    /// Takes a buffer encoded as this type stores it (lengths by [`push_len_bytes`], then
+    /// the bytes), already checked as UTF-8. `sorted` says the names are in strictly
+    /// increasing order and no value is empty; otherwise the set is rebuilt in order
+    /// (the last of repeated names wins, as in [`Self::from_pairs`]).
+    pub(crate) fn from_encoded(buf: String, sorted: bool) -> Self {
+        let labels = Self { buf };
+        if sorted {
+            return labels;
+        }
+        let pairs: Vec<LabelRef<'_>> = labels.iter().collect();
+        Self::from_pairs(pairs.iter().map(|l| (l.name, l.value)))
     }
 
     /// Builds a label set from arbitrary [`Label`]s (see [`Self::from_pairs`]).

@@ -20,8 +20,9 @@ use crate::model::{Batch, Interner};
 use crate::remote_write::{DecodeError, RemoteWriteDecoder};
 use crate::telemetry::Telemetry;
 
-/// Distinct strings an interner may hold before it is cleared (bounds memory under churn).
-const MAX_INTERNED_STRINGS: usize = 1 << 20;
+/// Distinct metric names an interner may hold before it is cleared (bounds memory when
+/// names churn).
+const MAX_INTERNED_STRINGS: usize = 1 << 16;
 
 /// Why a request failed; the one place receiver errors become HTTP statuses.
 #[derive(Debug, thiserror::Error)]
@@ -83,16 +84,16 @@ impl RemoteWriteState {
             decoding.interner.clear();
         }
         let mut batch = Batch::default();
-        let result = decoding.decoder.decode(body).and_then(|view| {
-            let without_name = view.append_to_batch(&mut decoding.interner, &mut batch)?;
-            Telemetry::add(
-                &self.telemetry.receiver_series_without_name_total,
-                without_name as u64,
-            );
-            Ok(())
-        });
+        let result = decoding
+            .decoder
+            .decode(body, &mut decoding.interner, &mut batch);
         self.pool.lock().push(decoding);
-        result.map(|()| batch)
+        let summary = result?;
+        Telemetry::add(
+            &self.telemetry.receiver_series_without_name_total,
+            summary.series_without_name as u64,
+        );
+        Ok(batch)
     }
 }
 

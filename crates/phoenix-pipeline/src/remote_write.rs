@@ -1,15 +1,17 @@
 //! Prometheus remote write v1: a hand-written decoder and encoder for the hot path, and
 //! prost-derived reference messages for tests and benchmarks.
 //!
-//! The decoder reads a snappy-compressed `WriteRequest` into buffers that are reused from
-//! one request to the next: labels become byte ranges into the decompressed body, samples
-//! land in one flat vector, and nothing is allocated per sample or per label. Converting
-//! the view into a [`Batch`] interns the strings. Every malformed input yields a
-//! [`DecodeError`], never a panic (a property test feeds it arbitrary bytes).
+//! The decoder reads a snappy-compressed `WriteRequest` in one pass straight into a
+//! [`Batch`]: the decompression buffer is reused from one request to the next, each series
+//! costs one allocation for its labels and one for its samples, and nothing is allocated
+//! per label. Every malformed input yields a [`DecodeError`], never a panic (a property
+//! test and a fuzz target feed it arbitrary bytes).
 
 use std::ops::Range;
 
-use crate::model::{Batch, Interner, LabelsWriter, MetricKind, Sample, Series, METRIC_NAME_LABEL};
+use crate::model::{
+    push_len_bytes, Batch, Interner, Labels, MetricKind, Sample, Series, METRIC_NAME_LABEL,
+};
 
 /// Default ceiling on the decompressed size of one request: 64 MiB.
 pub const DEFAULT_MAX_DECOMPRESSED_BYTES: usize = 64 << 20;
@@ -58,58 +60,19 @@ pub enum DecodeError {
         /// Offset in the decompressed body.
         offset: usize,
     },
-    /// A body or count does not fit the 32-bit offsets the decoder uses.
-    #[error("request larger than 4 GiB")]
-    Overflow,
 }
 
-/// A label as byte ranges into the decoded body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LabelRef {
-    name_start: u32,
-    name_end: u32,
-    value_start: u32,
-    value_end: u32,
-}
-
-/// A series as ranges into the decoder's label and sample vectors.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SeriesRef {
-    /// Range into [`WriteRequestView::labels`].
-    pub labels: Range<u32>,
-    /// Range into [`WriteRequestView::samples`].
-    pub samples: Range<u32>,
-}
-
-/// Reusable buffers for one decoded request.
-#[derive(Debug, Default, Clone)]
-pub struct DecodedWriteRequest {
-    labels: Vec<LabelRef>,
-    series: Vec<SeriesRef>,
-    samples: Vec<Sample>,
-    metadata: Vec<(LabelRef, i32)>,
+/// What a decoded request held besides the series it appended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeSummary {
+    /// Series appended to the batch.
+    pub series: usize,
+    /// Series skipped because they had no (or an empty) `__name__` label.
+    pub series_without_name: usize,
     /// Native histograms seen and skipped (v1 float samples only are supported).
     pub histograms_skipped: usize,
     /// Exemplars seen and skipped.
     pub exemplars_skipped: usize,
-}
-
-impl DecodedWriteRequest {
-    fn clear(&mut self) {
-        self.labels.clear();
-        self.series.clear();
-        self.samples.clear();
-        self.metadata.clear();
-        self.histograms_skipped = 0;
-        self.exemplars_skipped = 0;
-    }
-}
-
-/// A borrowed view of a decoded request.
-#[derive(Debug, Clone, Copy)]
-pub struct WriteRequestView<'a> {
-    body: &'a [u8],
-    decoded: &'a DecodedWriteRequest,
 }
 
 /// Metric types carried in remote write metadata.
@@ -123,148 +86,6 @@ fn kind_from_metadata(metric_type: i32) -> Option<MetricKind> {
     }
 }
 
-impl<'a> WriteRequestView<'a> {
-    fn bytes_at(&self, start: u32, end: u32) -> &'a [u8] {
-        &self.body[start as usize..end as usize]
-    }
-
-    fn str_at(&self, start: u32, end: u32) -> &'a str {
-        // Metadata names are validated as UTF-8 by the parser; never panics regardless.
-        std::str::from_utf8(self.bytes_at(start, end)).unwrap_or_default()
-    }
-
-    /// Number of series.
-    pub fn series_count(&self) -> usize {
-        self.decoded.series.len()
-    }
-
-    /// Number of samples.
-    pub fn sample_count(&self) -> usize {
-        self.decoded.samples.len()
-    }
-
-    /// The series references.
-    pub fn series(&self) -> &'a [SeriesRef] {
-        &self.decoded.series
-    }
-
-    /// The labels of one series as `(name, value)` byte pairs, not yet checked for
-    /// UTF-8 (interning checks them, see [`Self::append_to_batch`]).
-    pub fn label_bytes(
-        &self,
-        series: &SeriesRef,
-    ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + '_ {
-        let range = series.labels.start as usize..series.labels.end as usize;
-        self.decoded.labels[range].iter().map(move |l| {
-            (
-                self.bytes_at(l.name_start, l.name_end),
-                self.bytes_at(l.value_start, l.value_end),
-            )
-        })
-    }
-
-    /// The samples of one series.
-    pub fn samples(&self, series: &SeriesRef) -> &'a [Sample] {
-        &self.decoded.samples[series.samples.start as usize..series.samples.end as usize]
-    }
-
-    /// `(metric family name, metric type)` pairs from the request's metadata.
-    pub fn metadata(&self) -> impl Iterator<Item = (&'a str, i32)> + '_ {
-        self.decoded
-            .metadata
-            .iter()
-            .map(|(l, t)| (self.str_at(l.name_start, l.name_end), *t))
-    }
-
-    /// Appends the request's series to `batch`, checking strings for UTF-8 and interning
-    /// metric names. Series without a `__name__` label are skipped and their count
-    /// returned.
-    pub fn append_to_batch(
-        &self,
-        interner: &mut Interner,
-        batch: &mut Batch,
-    ) -> Result<usize, DecodeError> {
-        let mut family_kinds: Vec<(&str, MetricKind)> = Vec::new();
-        for (family, metric_type) in self.metadata() {
-            if let Some(kind) = kind_from_metadata(metric_type) {
-                family_kinds.push((family, kind));
-            }
-        }
-        let mut skipped_without_name = 0;
-        batch.series.reserve(self.series_count());
-        for series_ref in self.series() {
-            let range = series_ref.labels.start as usize..series_ref.labels.end as usize;
-            let labels = &self.decoded.labels[range];
-            let span = self.label_span(labels);
-            let mut writer = LabelsWriter::with_capacity(span.as_ref().map_or(0, |s| s.1.len()));
-            let mut name: Option<&str> = None;
-            for l in labels {
-                let (label_name, label_value) = match &span {
-                    Some((base, text)) => (
-                        text.get((l.name_start - base) as usize..(l.name_end - base) as usize),
-                        text.get((l.value_start - base) as usize..(l.value_end - base) as usize),
-                    ),
-                    None => (
-                        std::str::from_utf8(self.bytes_at(l.name_start, l.name_end)).ok(),
-                        std::str::from_utf8(self.bytes_at(l.value_start, l.value_end)).ok(),
-                    ),
-                };
-                let (Some(label_name), Some(label_value)) = (label_name, label_value) else {
-                    return Err(DecodeError::Utf8 {
-                        offset: l.name_start as usize,
-                    });
-                };
-                if label_name == METRIC_NAME_LABEL {
-                    name = Some(label_value);
-                } else {
-                    writer.push(label_name, label_value);
-                }
-            }
-            let Some(name) = name.filter(|n| !n.is_empty()) else {
-                skipped_without_name += 1;
-                continue;
-            };
-            // Neighbouring series usually share their metric: reuse its symbol and kind.
-            let (name, kind) = match batch.series.last() {
-                Some(previous) if &*previous.name == name => (previous.name.clone(), previous.kind),
-                _ => {
-                    let kind = family_kinds
-                        .iter()
-                        .find(|(family, _)| family_matches(family, name))
-                        .map(|(_, kind)| *kind)
-                        .unwrap_or_else(|| MetricKind::from_prometheus_name(name));
-                    (interner.intern(name), kind)
-                }
-            };
-            batch.series.push(Series::new(
-                name,
-                writer.finish(),
-                kind,
-                self.samples(series_ref).to_vec(),
-            ));
-        }
-        Ok(skipped_without_name)
-    }
-
-    /// The bytes from a series' first label to the end of its last, as one string when
-    /// they are valid UTF-8 (with the offset of its first byte): one check for the whole
-    /// series instead of one per name and value. Every name and value in it is bounded by
-    /// protobuf key or length bytes, which are ASCII, so slicing the checked string at
-    /// their bounds yields them, valid. `None` (a non-ASCII length byte, a field between
-    /// the labels, a bad string) makes the caller check each string alone.
-    fn label_span(&self, labels: &[LabelRef]) -> Option<(u32, &'a str)> {
-        let first = labels.first()?;
-        let last = labels.last()?;
-        let start = first.name_start.min(first.value_start);
-        let end = last.value_end.max(last.name_end);
-        if start > end {
-            return None;
-        }
-        let text = std::str::from_utf8(self.bytes_at(start, end)).ok()?;
-        Some((start, text))
-    }
-}
-
 /// Whether series `name` belongs to metadata family `family` (histogram and summary
 /// families own their `_bucket`, `_sum` and `_count` series).
 fn family_matches(family: &str, name: &str) -> bool {
@@ -275,12 +96,19 @@ fn family_matches(family: &str, name: &str) -> bool {
     }
 }
 
-/// Decodes snappy-compressed remote write bodies into reused buffers.
+/// Decodes snappy-compressed remote write bodies straight into [`Batch`]es, reusing its
+/// buffers from one request to the next.
+///
+/// One pass over the protobuf: each series' labels are copied once, as they arrive, into
+/// the buffer that becomes its [`crate::model::Labels`], and that buffer is checked as
+/// UTF-8 in one call (the length prefixes between its strings are ASCII, so the whole is
+/// valid exactly when every name and value is). Metric names are interned; a series with
+/// the same name as the one before it reuses its symbol and kind without a lookup.
 #[derive(Debug)]
 pub struct RemoteWriteDecoder {
     snappy: snap::raw::Decoder,
     body: Vec<u8>,
-    decoded: DecodedWriteRequest,
+    metadata: Vec<(Range<usize>, i32)>,
     max_decompressed_bytes: usize,
 }
 
@@ -296,13 +124,19 @@ impl RemoteWriteDecoder {
         Self {
             snappy: snap::raw::Decoder::new(),
             body: Vec::new(),
-            decoded: DecodedWriteRequest::default(),
+            metadata: Vec::new(),
             max_decompressed_bytes,
         }
     }
 
-    /// Decompresses and decodes one request; the view borrows the decoder's buffers.
-    pub fn decode(&mut self, compressed: &[u8]) -> Result<WriteRequestView<'_>, DecodeError> {
+    /// Decompresses one request and appends its series to `batch`, interning metric names
+    /// in `interner`. On error `batch` is left as it was.
+    pub fn decode(
+        &mut self,
+        compressed: &[u8],
+        interner: &mut Interner,
+        batch: &mut Batch,
+    ) -> Result<DecodeSummary, DecodeError> {
         let declared_bytes = snap::raw::decompress_len(compressed)
             .map_err(|e| DecodeError::Snappy(e.to_string()))?;
         if declared_bytes > self.max_decompressed_bytes {
@@ -317,25 +151,89 @@ impl RemoteWriteDecoder {
             .decompress(compressed, &mut self.body)
             .map_err(|e| DecodeError::Snappy(e.to_string()))?;
         self.body.truncate(written);
-        parse_write_request(&self.body, &mut self.decoded)?;
-        Ok(WriteRequestView {
-            body: &self.body,
-            decoded: &self.decoded,
-        })
+        let body = std::mem::take(&mut self.body);
+        let result = self.decode_body(&body, interner, batch);
+        self.body = body;
+        result
     }
 
-    /// Decodes an uncompressed protobuf body (copied into the decoder's buffer).
+    /// [`Self::decode`] for an uncompressed protobuf body.
     pub fn decode_uncompressed(
         &mut self,
         body: &[u8],
-    ) -> Result<WriteRequestView<'_>, DecodeError> {
-        self.body.clear();
-        self.body.extend_from_slice(body);
-        parse_write_request(&self.body, &mut self.decoded)?;
-        Ok(WriteRequestView {
-            body: &self.body,
-            decoded: &self.decoded,
-        })
+        interner: &mut Interner,
+        batch: &mut Batch,
+    ) -> Result<DecodeSummary, DecodeError> {
+        self.decode_body(body, interner, batch)
+    }
+
+    fn decode_body(
+        &mut self,
+        body: &[u8],
+        interner: &mut Interner,
+        batch: &mut Batch,
+    ) -> Result<DecodeSummary, DecodeError> {
+        let first_new = batch.series.len();
+        let result = self.parse_write_request(body, interner, batch);
+        match result {
+            Ok(summary) => {
+                self.apply_metadata(body, &mut batch.series[first_new..]);
+                Ok(summary)
+            }
+            Err(e) => {
+                batch.series.truncate(first_new);
+                Err(e)
+            }
+        }
+    }
+
+    fn parse_write_request(
+        &mut self,
+        body: &[u8],
+        interner: &mut Interner,
+        batch: &mut Batch,
+    ) -> Result<DecodeSummary, DecodeError> {
+        self.metadata.clear();
+        let mut summary = DecodeSummary::default();
+        let mut reader = Reader::new(body, 0);
+        while reader.pos < body.len() {
+            let (field, wire_type) = reader.key()?;
+            match field {
+                1 => {
+                    reader.expect(field, wire_type, WIRE_LEN)?;
+                    let range = reader.len_delimited()?;
+                    parse_time_series(body, range, interner, batch, &mut summary)?;
+                }
+                3 => {
+                    reader.expect(field, wire_type, WIRE_LEN)?;
+                    let range = reader.len_delimited()?;
+                    self.metadata.push(parse_metadata(body, range)?);
+                }
+                _ => reader.skip(field, wire_type)?,
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Metadata may follow the series it describes: their kinds are set once the whole
+    /// request is read.
+    fn apply_metadata(&self, body: &[u8], series: &mut [Series]) {
+        let families: Vec<(&str, MetricKind)> = self
+            .metadata
+            .iter()
+            .filter_map(|(range, metric_type)| {
+                let family = std::str::from_utf8(body.get(range.clone())?).ok()?;
+                Some((family, kind_from_metadata(*metric_type)?))
+            })
+            .collect();
+        if families.is_empty() {
+            return;
+        }
+        for s in series {
+            if let Some((_, kind)) = families.iter().find(|(f, _)| family_matches(f, &s.name)) {
+                s.kind = *kind;
+            }
+        }
     }
 }
 
@@ -355,8 +253,20 @@ impl<'a> Reader<'a> {
         Self { buf, pos }
     }
 
-    #[inline]
+    /// A varint; the one-byte case (keys, short lengths) first.
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, DecodeError> {
+        match self.buf.get(self.pos) {
+            Some(&byte) if byte < 0x80 => {
+                self.pos += 1;
+                Ok(u64::from(byte))
+            }
+            _ => self.varint_slow(),
+        }
+    }
+
+    #[inline(never)]
+    fn varint_slow(&mut self) -> Result<u64, DecodeError> {
         let start = self.pos;
         let mut value: u64 = 0;
         for shift in 0..10 {
@@ -439,84 +349,127 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn to_u32(value: usize) -> Result<u32, DecodeError> {
-    u32::try_from(value).map_err(|_| DecodeError::Overflow)
-}
-
-fn check_utf8(buf: &[u8], range: &Range<usize>) -> Result<(), DecodeError> {
-    std::str::from_utf8(&buf[range.clone()])
-        .map(drop)
-        .map_err(|_| DecodeError::Utf8 {
-            offset: range.start,
-        })
-}
-
-/// Parses an uncompressed `WriteRequest` into `out` (cleared first).
-pub fn parse_write_request(buf: &[u8], out: &mut DecodedWriteRequest) -> Result<(), DecodeError> {
-    out.clear();
-    to_u32(buf.len())?;
-    let mut reader = Reader::new(buf, 0);
-    while reader.pos < buf.len() {
-        let (field, wire_type) = reader.key()?;
-        match field {
-            1 => {
-                reader.expect(field, wire_type, WIRE_LEN)?;
-                let range = reader.len_delimited()?;
-                parse_time_series(buf, range, out)?;
-            }
-            3 => {
-                reader.expect(field, wire_type, WIRE_LEN)?;
-                let range = reader.len_delimited()?;
-                parse_metadata(buf, range, out)?;
-            }
-            _ => reader.skip(field, wire_type)?,
-        }
+/// `a < b` for label names, deciding on the first byte when it differs (most names do).
+#[inline]
+fn name_before(a: &[u8], b: &[u8]) -> bool {
+    match (a.first(), b.first()) {
+        (Some(x), Some(y)) if x != y => x < y,
+        _ => a < b,
     }
-    Ok(())
 }
 
+/// One `TimeSeries`: labels into a fresh label buffer, samples into the series.
 fn parse_time_series(
     buf: &[u8],
     range: Range<usize>,
-    out: &mut DecodedWriteRequest,
+    interner: &mut Interner,
+    batch: &mut Batch,
+    summary: &mut DecodeSummary,
 ) -> Result<(), DecodeError> {
-    let labels_start = to_u32(out.labels.len())?;
-    let samples_start = to_u32(out.samples.len())?;
     let mut reader = Reader::new(&buf[..range.end], range.start);
+    // The message's length bounds its labels' (prefixes included): one allocation.
+    let mut labels: Vec<u8> = Vec::with_capacity(range.len());
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut name: Option<Range<usize>> = None;
+    let mut sorted = true;
+    let mut previous_label: Range<usize> = 0..0;
     while reader.pos < range.end {
         let (field, wire_type) = reader.key()?;
         match field {
             1 => {
                 reader.expect(field, wire_type, WIRE_LEN)?;
                 let label = reader.len_delimited()?;
-                out.labels.push(parse_label(buf, label)?);
+                let (label_name, label_value) = parse_label(buf, label)?;
+                let name_bytes = &buf[label_name.clone()];
+                if name_bytes == METRIC_NAME_LABEL.as_bytes() {
+                    name = Some(label_value);
+                } else if !label_value.is_empty() {
+                    if !previous_label.is_empty()
+                        && !name_before(&buf[previous_label.clone()], name_bytes)
+                    {
+                        sorted = false;
+                    }
+                    previous_label = label_name;
+                    push_len_bytes(&mut labels, name_bytes.len());
+                    labels.extend_from_slice(name_bytes);
+                    push_len_bytes(&mut labels, label_value.len());
+                    labels.extend_from_slice(&buf[label_value]);
+                } else if std::str::from_utf8(name_bytes).is_err() {
+                    // Not kept, still checked: a bad request is refused whole.
+                    return Err(DecodeError::Utf8 {
+                        offset: label_name.start,
+                    });
+                }
             }
             2 => {
                 reader.expect(field, wire_type, WIRE_LEN)?;
                 let sample = reader.len_delimited()?;
-                out.samples.push(parse_sample(buf, sample)?);
+                samples.push(parse_sample(buf, sample)?);
             }
             3 => {
                 reader.skip(field, wire_type)?;
-                out.exemplars_skipped += 1;
+                summary.exemplars_skipped += 1;
             }
             4 => {
                 reader.skip(field, wire_type)?;
-                out.histograms_skipped += 1;
+                summary.histograms_skipped += 1;
             }
             _ => reader.skip(field, wire_type)?,
         }
     }
-    out.series.push(SeriesRef {
-        labels: labels_start..to_u32(out.labels.len())?,
-        samples: samples_start..to_u32(out.samples.len())?,
-    });
+    let utf8 = || DecodeError::Utf8 {
+        offset: range.start,
+    };
+    let labels = String::from_utf8(labels).map_err(|_| utf8())?;
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        summary.series_without_name += 1;
+        return Ok(());
+    };
+    let name_bytes = &buf[name];
+    // Neighbouring series usually share their metric: reuse its symbol and kind.
+    let (name, kind) = match batch.series.last() {
+        Some(previous) if previous.name.as_bytes() == name_bytes => {
+            (previous.name.clone(), previous.kind)
+        }
+        _ => {
+            let name = interner.intern_bytes(name_bytes).map_err(|_| utf8())?;
+            let kind = MetricKind::from_prometheus_name(&name);
+            (name, kind)
+        }
+    };
+    batch.series.push(Series::new(
+        name,
+        Labels::from_encoded(labels, sorted),
+        kind,
+        samples,
+    ));
+    summary.series += 1;
     Ok(())
 }
 
+/// A `Label`: the byte ranges of its name and value. The usual layout (name, then value,
+/// each once) is read directly; anything else goes through the general field loop.
 #[inline]
-fn parse_label(buf: &[u8], range: Range<usize>) -> Result<LabelRef, DecodeError> {
+fn parse_label(
+    buf: &[u8],
+    range: Range<usize>,
+) -> Result<(Range<usize>, Range<usize>), DecodeError> {
     let mut reader = Reader::new(&buf[..range.end], range.start);
+    if buf.get(range.start) == Some(&0x0a) {
+        reader.pos += 1;
+        let name = reader.len_delimited()?;
+        if reader.pos == range.end {
+            return Ok((name, range.end..range.end));
+        }
+        if buf.get(reader.pos) == Some(&0x12) {
+            reader.pos += 1;
+            let value = reader.len_delimited()?;
+            if reader.pos == range.end {
+                return Ok((name, value));
+            }
+        }
+        reader.pos = range.start;
+    }
     let mut name = range.start..range.start;
     let mut value = range.start..range.start;
     while reader.pos < range.end {
@@ -533,13 +486,7 @@ fn parse_label(buf: &[u8], range: Range<usize>) -> Result<LabelRef, DecodeError>
             _ => reader.skip(field, wire_type)?,
         }
     }
-    // UTF-8 is checked when the label is interned (see `append_to_batch`).
-    Ok(LabelRef {
-        name_start: to_u32(name.start)?,
-        name_end: to_u32(name.end)?,
-        value_start: to_u32(value.start)?,
-        value_end: to_u32(value.end)?,
-    })
+    Ok((name, value))
 }
 
 #[inline]
@@ -564,11 +511,8 @@ fn parse_sample(buf: &[u8], range: Range<usize>) -> Result<Sample, DecodeError> 
     Ok(sample)
 }
 
-fn parse_metadata(
-    buf: &[u8],
-    range: Range<usize>,
-    out: &mut DecodedWriteRequest,
-) -> Result<(), DecodeError> {
+/// A `MetricMetadata`: the family name's range (checked as UTF-8) and its type.
+fn parse_metadata(buf: &[u8], range: Range<usize>) -> Result<(Range<usize>, i32), DecodeError> {
     let mut reader = Reader::new(&buf[..range.end], range.start);
     let mut metric_type: i32 = 0;
     let mut family = range.start..range.start;
@@ -586,15 +530,12 @@ fn parse_metadata(
             _ => reader.skip(field, wire_type)?,
         }
     }
-    check_utf8(buf, &family)?;
-    let family_ref = LabelRef {
-        name_start: to_u32(family.start)?,
-        name_end: to_u32(family.end)?,
-        value_start: 0,
-        value_end: 0,
-    };
-    out.metadata.push((family_ref, metric_type));
-    Ok(())
+    if std::str::from_utf8(&buf[family.clone()]).is_err() {
+        return Err(DecodeError::Utf8 {
+            offset: family.start,
+        });
+    }
+    Ok((family, metric_type))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1006,10 +947,12 @@ mod tests {
         let series = sample_batch();
         let compressed = RemoteWriteEncoder::new().encode(&series, &[]);
         let mut decoder = RemoteWriteDecoder::default();
-        let view = decoder.decode(&compressed).unwrap();
         let mut batch = Batch::default();
         let mut interner = Interner::new();
-        assert_eq!(view.append_to_batch(&mut interner, &mut batch), Ok(0));
+        let summary = decoder
+            .decode(&compressed, &mut interner, &mut batch)
+            .unwrap();
+        assert_eq!(summary.series_without_name, 0);
         assert_eq!(batch.series.len(), series.len());
         for (got, want) in batch.series.iter().zip(&series) {
             assert!(got.same_bits(want), "{got} != {want}");
@@ -1025,9 +968,7 @@ mod tests {
         let mut decoder = RemoteWriteDecoder::default();
         let mut batch = Batch::default();
         decoder
-            .decode(&compressed)
-            .unwrap()
-            .append_to_batch(&mut interner, &mut batch)
+            .decode(&compressed, &mut interner, &mut batch)
             .unwrap();
         assert_eq!(batch.series.len(), reference.series.len());
         for (a, b) in batch.series.iter().zip(&reference.series) {
@@ -1071,11 +1012,9 @@ mod tests {
             }],
         };
         let mut decoder = RemoteWriteDecoder::default();
-        let view = decoder
-            .decode_uncompressed(&request.encode_to_vec())
-            .unwrap();
         let mut batch = Batch::default();
-        view.append_to_batch(&mut Interner::new(), &mut batch)
+        decoder
+            .decode_uncompressed(&request.encode_to_vec(), &mut Interner::new(), &mut batch)
             .unwrap();
         assert_eq!(batch.series[0].kind, MetricKind::Counter);
     }
@@ -1094,42 +1033,93 @@ mod tests {
             metadata: vec![],
         };
         let mut decoder = RemoteWriteDecoder::default();
-        let view = decoder
-            .decode_uncompressed(&request.encode_to_vec())
-            .unwrap();
         let mut batch = Batch::default();
-        assert_eq!(
-            view.append_to_batch(&mut Interner::new(), &mut batch),
-            Ok(1)
-        );
+        let summary = decoder
+            .decode_uncompressed(&request.encode_to_vec(), &mut Interner::new(), &mut batch)
+            .unwrap();
+        assert_eq!((summary.series, summary.series_without_name), (0, 1));
         assert!(batch.is_empty());
     }
 
     #[test]
-    fn malformed_inputs_are_errors() {
+    fn malformed_inputs_are_errors_and_leave_the_batch_as_it_was() {
         let mut decoder = RemoteWriteDecoder::default();
+        let mut interner = Interner::new();
+        let mut batch = Batch::new(vec![series("kept", &[], &[(1, 1.0)])]);
+        let mut decode = |body: &[u8], compressed: bool| {
+            if compressed {
+                decoder.decode(body, &mut interner, &mut batch)
+            } else {
+                decoder.decode_uncompressed(body, &mut interner, &mut batch)
+            }
+        };
         assert!(matches!(
-            decoder.decode(b"\xff\xff\xff"),
+            decode(b"\xff\xff\xff", true),
             Err(DecodeError::Snappy(_))
         ));
         // Field 1, length 5, but only 1 byte follows.
         assert!(matches!(
-            decoder.decode_uncompressed(&[0x0a, 0x05, 0x00]),
+            decode(&[0x0a, 0x05, 0x00], false),
             Err(DecodeError::Truncated { .. })
         ));
         // Field 1 with varint wire type.
         assert!(matches!(
-            decoder.decode_uncompressed(&[0x08, 0x01]),
+            decode(&[0x08, 0x01], false),
             Err(DecodeError::WireType { .. })
         ));
-        // A label whose name is invalid UTF-8: refused when interned.
-        let view = decoder
-            .decode_uncompressed(&[0x0a, 0x05, 0x0a, 0x03, 0x0a, 0x01, 0xff])
-            .unwrap();
+        // A label whose name is invalid UTF-8 (and whose value is empty).
         assert!(matches!(
-            view.append_to_batch(&mut Interner::new(), &mut Batch::default()),
+            decode(&[0x0a, 0x05, 0x0a, 0x03, 0x0a, 0x01, 0xff], false),
             Err(DecodeError::Utf8 { .. })
         ));
+        // A good series, then one whose label value is invalid UTF-8: nothing is added.
+        let good = reference::from_series(&[series("up", &[("job", "a")], &[(1, 1.0)])]);
+        let mut body = prost::Message::encode_to_vec(&good);
+        body.extend_from_slice(&[
+            0x0a, 0x10, 0x0a, 0x0e, 0x0a, 0x08, b'_', b'_', b'n', b'a', b'm', b'e', b'_', b'_',
+            0x12, 0x02, 0xc3, 0x28,
+        ]);
+        assert!(matches!(
+            decode(&body, false),
+            Err(DecodeError::Utf8 { .. })
+        ));
+        assert_eq!(batch.len(), 1);
+        assert_eq!(&*batch.series[0].name, "kept");
+    }
+
+    #[test]
+    fn unsorted_and_repeated_labels_are_sorted_and_the_last_one_wins() {
+        let request = reference::WriteRequest {
+            timeseries: vec![reference::TimeSeries {
+                labels: [
+                    ("zone", "z"),
+                    ("__name__", "up"),
+                    ("job", "a"),
+                    ("job", "b"),
+                    ("e", ""),
+                ]
+                .iter()
+                .map(|(n, v)| reference::Label {
+                    name: n.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+                samples: vec![reference::Sample {
+                    value: 1.0,
+                    timestamp: 1,
+                }],
+                exemplars: vec![],
+            }],
+            metadata: vec![],
+        };
+        let mut batch = Batch::default();
+        RemoteWriteDecoder::default()
+            .decode_uncompressed(&request.encode_to_vec(), &mut Interner::new(), &mut batch)
+            .unwrap();
+        assert_eq!(
+            batch.series[0].labels,
+            Labels::from_pairs([("job", "b"), ("zone", "z")])
+        );
     }
 
     #[test]
@@ -1138,7 +1128,9 @@ mod tests {
         let compressed = snap::raw::Encoder::new().compress_vec(&big).unwrap();
         let mut decoder = RemoteWriteDecoder::new(100);
         assert_eq!(
-            decoder.decode(&compressed).unwrap_err(),
+            decoder
+                .decode(&compressed, &mut Interner::new(), &mut Batch::default())
+                .unwrap_err(),
             DecodeError::TooLarge {
                 declared_bytes: 1000,
                 limit_bytes: 100

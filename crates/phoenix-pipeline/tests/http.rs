@@ -42,15 +42,9 @@ async fn peer_write(State(peer): State<Arc<Peer>>, body: Bytes) -> StatusCode {
         return StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     }
     let mut decoder = RemoteWriteDecoder::default();
-    match decoder.decode(&body) {
-        Ok(view) => {
-            let mut batch = Batch::default();
-            if view
-                .append_to_batch(&mut Interner::new(), &mut batch)
-                .is_err()
-            {
-                return StatusCode::BAD_REQUEST;
-            }
+    let mut batch = Batch::default();
+    match decoder.decode(&body, &mut Interner::new(), &mut batch) {
+        Ok(_) => {
             peer.received.lock().extend(batch.series);
             StatusCode::NO_CONTENT
         }

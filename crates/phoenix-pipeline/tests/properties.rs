@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use phoenix_pipeline::config::PipelineConfig;
-use phoenix_pipeline::model::{Batch, Label, Labels, MetricKind, Sample, Series};
+use phoenix_pipeline::model::{Batch, Interner, Label, Labels, MetricKind, Sample, Series};
 use phoenix_pipeline::pipeline::Pipeline;
 use phoenix_pipeline::remote_write::{
     encode_write_request, reference, RemoteWriteDecoder, RemoteWriteEncoder,
@@ -258,15 +258,15 @@ proptest! {
     #[test]
     fn snappy_decoder_never_panics_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
         let mut decoder = RemoteWriteDecoder::new(1 << 20);
-        let _ = decoder.decode(&bytes);
+        let _ = decoder.decode(&bytes, &mut Interner::new(), &mut Batch::default());
     }
 
     #[test]
     fn protobuf_decoder_never_panics_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
         let mut decoder = RemoteWriteDecoder::new(1 << 20);
-        if let Ok(view) = decoder.decode_uncompressed(&bytes) {
-            let mut batch = Batch::default();
-            let _ = view.append_to_batch(&mut phoenix_pipeline::model::Interner::new(), &mut batch);
+        let mut batch = Batch::default();
+        if decoder.decode_uncompressed(&bytes, &mut Interner::new(), &mut batch).is_err() {
+            prop_assert!(batch.is_empty());
         }
     }
 
@@ -285,26 +285,33 @@ proptest! {
         }
         body.truncate(cut.index(body.len() + 1));
         let mut decoder = RemoteWriteDecoder::new(1 << 20);
-        if let Ok(view) = decoder.decode_uncompressed(&body) {
-            let mut out = Batch::default();
-            let _ = view.append_to_batch(&mut phoenix_pipeline::model::Interner::new(), &mut out);
-        }
+        let mut out = Batch::default();
+        let _ = decoder.decode_uncompressed(&body, &mut Interner::new(), &mut out);
         let compressed = snap::raw::Encoder::new().compress_vec(&body).expect("compressible");
-        let _ = decoder.decode(&compressed);
+        let _ = decoder.decode(&compressed, &mut Interner::new(), &mut out);
     }
 
     #[test]
     fn hand_decoder_agrees_with_prost_on_random_requests(
         request in prop::collection::vec(
-            (prop::collection::vec(("[a-z_]{1,8}", "\\PC{0,12}"), 0..6),
+            (prop::option::weighted(0.8, "[a-z_:]{1,10}"),
+             any::<prop::sample::Index>(),
+             prop::collection::vec(("[a-z_]{1,8}", "\\PC{0,12}"), 0..6),
              prop::collection::vec((any::<f64>(), any::<i64>()), 0..4)),
             0..20),
     ) {
         let message = reference::WriteRequest {
-            timeseries: request.iter().map(|(labels, samples)| reference::TimeSeries {
-                labels: labels.iter().map(|(n, v)| reference::Label { name: n.clone(), value: v.clone() }).collect(),
-                samples: samples.iter().map(|(v, t)| reference::Sample { value: *v, timestamp: *t }).collect(),
-                exemplars: vec![],
+            timeseries: request.iter().map(|(name, at, labels, samples)| {
+                let mut labels: Vec<reference::Label> = labels.iter().map(|(n, v)| reference::Label { name: n.clone(), value: v.clone() }).collect();
+                if let Some(name) = name {
+                    let label = reference::Label { name: "__name__".into(), value: name.clone() };
+                    labels.insert(at.index(labels.len() + 1), label);
+                }
+                reference::TimeSeries {
+                    labels,
+                    samples: samples.iter().map(|(v, t)| reference::Sample { value: *v, timestamp: *t }).collect(),
+                    exemplars: vec![],
+                }
             }).collect(),
             metadata: vec![],
         };
@@ -312,15 +319,21 @@ proptest! {
         // Compare with what prost itself decodes (proto3 drops -0.0 on encode).
         let message = reference::WriteRequest::decode(body.as_slice()).expect("prost decodes its own encoding");
         let mut decoder = RemoteWriteDecoder::new(1 << 24);
-        let view = decoder.decode_uncompressed(&body).expect("valid request decodes");
-        prop_assert_eq!(view.series_count(), message.timeseries.len());
-        for (series_ref, expected) in view.series().iter().zip(&message.timeseries) {
-            let labels: Vec<(String, String)> = view.label_bytes(series_ref).map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), String::from_utf8_lossy(v).into_owned())).collect();
-            let want: Vec<(String, String)> = expected.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
-            prop_assert_eq!(labels, want);
-            let samples = view.samples(series_ref);
-            prop_assert_eq!(samples.len(), expected.samples.len());
-            for (got, want) in samples.iter().zip(&expected.samples) {
+        let mut batch = Batch::default();
+        let summary = decoder.decode_uncompressed(&body, &mut Interner::new(), &mut batch).expect("valid request decodes");
+        let named: Vec<&reference::TimeSeries> = message.timeseries.iter()
+            .filter(|ts| ts.labels.iter().rev().find(|l| l.name == "__name__").is_some_and(|l| !l.value.is_empty()))
+            .collect();
+        prop_assert_eq!(summary.series, named.len());
+        prop_assert_eq!(summary.series_without_name, message.timeseries.len() - named.len());
+        prop_assert_eq!(batch.len(), named.len());
+        for (got, expected) in batch.series.iter().zip(named) {
+            let name = expected.labels.iter().rev().find(|l| l.name == "__name__").map(|l| l.value.as_str());
+            prop_assert_eq!(Some(&*got.name), name);
+            let want = Labels::from_pairs(expected.labels.iter().map(|l| (l.name.as_str(), l.value.as_str())));
+            prop_assert_eq!(&got.labels, &want);
+            prop_assert_eq!(got.samples.len(), expected.samples.len());
+            for (got, want) in got.samples.iter().zip(&expected.samples) {
                 prop_assert_eq!(got.value.to_bits(), want.value.to_bits());
                 prop_assert_eq!(got.timestamp_ms, want.timestamp);
             }
@@ -332,9 +345,8 @@ proptest! {
         let batch = &batches(&pop, 1)[0];
         let compressed = RemoteWriteEncoder::new().encode(&batch.series, &[]);
         let mut decoder = RemoteWriteDecoder::default();
-        let view = decoder.decode(&compressed).expect("own encoding decodes");
         let mut out = Batch::default();
-        view.append_to_batch(&mut phoenix_pipeline::model::Interner::new(), &mut out).expect("valid UTF-8");
+        decoder.decode(&compressed, &mut Interner::new(), &mut out).expect("own encoding decodes");
         prop_assert_eq!(out.len(), batch.len());
         for (a, b) in out.series.iter().zip(&batch.series) {
             prop_assert!(a.same_bits(b));

@@ -9,12 +9,14 @@ use phoenix_pipeline::remote_write::RemoteWriteDecoder;
 fuzz_target!(|data: &[u8]| {
     let mut decoder = RemoteWriteDecoder::new(1 << 22);
     let mut interner = Interner::new();
-    if let Ok(view) = decoder.decode(data) {
-        let mut batch = Batch::default();
-        let _ = view.append_to_batch(&mut interner, &mut batch);
-    }
-    if let Ok(view) = decoder.decode_uncompressed(data) {
-        let mut batch = Batch::default();
-        let _ = view.append_to_batch(&mut interner, &mut batch);
+    let mut batch = Batch::default();
+    let _ = decoder.decode(data, &mut interner, &mut batch);
+    let before = batch.len();
+    if decoder
+        .decode_uncompressed(data, &mut interner, &mut batch)
+        .is_err()
+    {
+        // A refused request adds nothing.
+        assert_eq!(batch.len(), before);
     }
 });
