@@ -13,7 +13,7 @@ use hashbrown::{HashMap, HashSet};
 use crate::processor::fold;
 
 use crate::labelstats::{LabelStats, LabelStatsCollector, LabelStatsConfig};
-use crate::model::{Batch, Series, SeriesId, Sym};
+use crate::model::{Batch, Series, SeriesId, SeriesIds, Sym};
 use crate::processor::MetricCounts;
 use crate::remote_write::encoded_series_len;
 use crate::seen::{SeenTable, LOOKAHEAD};
@@ -261,8 +261,9 @@ impl KpiMeter {
     pub fn record_input(&mut self, input: &Batch, anomalous: &[SeriesId]) {
         self.batch_protected.clear();
         self.ids.clear();
+        let mut ids = SeriesIds::default();
         for series in &input.series {
-            let id = series.id();
+            let id = ids.id(series);
             self.ids.push(id);
             self.input_samples += series.samples.len() as u64;
             self.input_bytes += encoded_series_len(series);
@@ -299,8 +300,9 @@ impl KpiMeter {
         let mut anomalies: HashSet<SeriesId, ahash::RandomState> =
             self.batch_anomalies.iter().copied().collect();
         self.ids.clear();
+        let mut ids = SeriesIds::default();
         for series in &output.series {
-            let id = series.id();
+            let id = ids.id(series);
             self.ids.push(id);
             variant.output_samples += series.samples.len() as u64;
             variant.output_bytes += encoded_series_len(series);

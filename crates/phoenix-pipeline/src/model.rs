@@ -143,13 +143,18 @@ pub(crate) fn push_len_bytes(buf: &mut Vec<u8>, mut len: usize) {
 }
 
 /// Reads a length written by [`push_len`] at `*pos`, advancing `pos`.
-#[inline]
+#[inline(always)]
 fn read_len(bytes: &[u8], pos: &mut usize) -> Option<usize> {
     let first = *bytes.get(*pos)?;
     *pos += 1;
     if first & 0x40 == 0 {
         return Some(usize::from(first));
     }
+    read_len_continued(bytes, pos, first)
+}
+
+#[inline(never)]
+fn read_len_continued(bytes: &[u8], pos: &mut usize, first: u8) -> Option<usize> {
     let mut len = usize::from(first & 0x3f);
     let mut shift = 6;
     loop {
@@ -285,6 +290,26 @@ impl Labels {
     /// Bytes held by the encoding.
     pub fn encoded_len(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Sums `f(name length, value length)` over the labels, reading only the length
+    /// prefixes (for sizes of encodings, without touching the strings).
+    #[inline]
+    pub fn sum_lengths(&self, mut f: impl FnMut(usize, usize) -> usize) -> usize {
+        let bytes = self.buf.as_bytes();
+        let (mut pos, mut sum) = (0, 0);
+        while pos < bytes.len() {
+            let Some(name) = read_len(bytes, &mut pos) else {
+                break;
+            };
+            pos += name;
+            let Some(value) = read_len(bytes, &mut pos) else {
+                break;
+            };
+            pos += value;
+            sum += f(name, value);
+        }
+        sum
     }
 
     /// Value of label `name`, if present.
@@ -609,6 +634,10 @@ pub fn hash_name_and_labels<'a>(
     })
 }
 
+/// The samples of a series in one batch. Usually one (a scrape, a remote write request),
+/// held inline in the series: no allocation of its own.
+pub type Samples = smallvec::SmallVec<[Sample; 1]>;
+
 /// A time series with the samples of one batch.
 #[derive(Debug, Clone)]
 pub struct Series {
@@ -619,17 +648,17 @@ pub struct Series {
     /// Kind of the series.
     pub kind: MetricKind,
     /// Samples in this batch, oldest first.
-    pub samples: Vec<Sample>,
+    pub samples: Samples,
 }
 
 impl Series {
     /// Builds a series.
-    pub fn new(name: Sym, labels: Labels, kind: MetricKind, samples: Vec<Sample>) -> Self {
+    pub fn new(name: Sym, labels: Labels, kind: MetricKind, samples: impl Into<Samples>) -> Self {
         Self {
             name,
             labels,
             kind,
-            samples,
+            samples: samples.into(),
         }
     }
 
@@ -681,6 +710,32 @@ impl fmt::Display for Series {
             write!(f, "{}={:?}", label.name, label.value)?;
         }
         f.write_str("}")
+    }
+}
+
+/// Computes series ids, hashing each metric name once per run of series that share its
+/// symbol (batches keep a metric's series together).
+#[derive(Debug, Default)]
+pub struct SeriesIds {
+    last: Option<(Sym, u64)>,
+}
+
+impl SeriesIds {
+    /// The id of `series` (equal to [`Series::id`]).
+    #[inline]
+    pub fn id(&mut self, series: &Series) -> SeriesId {
+        let name_hash = match &self.last {
+            Some((name, hash)) if Arc::ptr_eq(name, &series.name) => *hash,
+            _ => {
+                let hash = xxhash_rust::xxh3::xxh3_64(series.name.as_bytes());
+                self.last = Some((series.name.clone(), hash));
+                hash
+            }
+        };
+        SeriesId(xxhash_rust::xxh3::xxh3_64_with_seed(
+            series.labels.as_bytes(),
+            name_hash,
+        ))
     }
 }
 
@@ -747,6 +802,26 @@ mod tests {
         assert_ne!(series_id("m", &a), series_id("m", &b));
         assert_eq!(series_id("m", &a), series_id("m", &a.clone()));
         assert_ne!(series_id("m", &a), series_id("n", &a));
+    }
+
+    #[test]
+    fn cached_name_hashes_give_the_same_ids() {
+        let a = Series::new(
+            sym("a"),
+            Labels::from_pairs([("x", "1")]),
+            MetricKind::Gauge,
+            vec![],
+        );
+        let b = Series::new(
+            sym("b"),
+            Labels::from_pairs([("x", "1")]),
+            MetricKind::Gauge,
+            vec![],
+        );
+        let mut ids = SeriesIds::default();
+        for s in [&a, &a, &b, &a] {
+            assert_eq!(ids.id(s), s.id());
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use std::ops::Range;
 
 use crate::model::{
-    push_len_bytes, Batch, Interner, Labels, MetricKind, Sample, Series, METRIC_NAME_LABEL,
+    push_len_bytes, Batch, Interner, Labels, MetricKind, Sample, Samples, Series, METRIC_NAME_LABEL,
 };
 
 /// Default ceiling on the decompressed size of one request: 64 MiB.
@@ -369,7 +369,7 @@ fn parse_time_series(
     let mut reader = Reader::new(&buf[..range.end], range.start);
     // The message's length bounds its labels' (prefixes included): one allocation.
     let mut labels: Vec<u8> = Vec::with_capacity(range.len());
-    let mut samples: Vec<Sample> = Vec::new();
+    let mut samples = Samples::new();
     let mut name: Option<Range<usize>> = None;
     let mut sorted = true;
     let mut previous_label: Range<usize> = 0..0;
@@ -623,10 +623,8 @@ pub fn encoded_series_len(series: &Series) -> u64 {
             1 + varint_len(len as u64) + len
         }
     }
-    let mut len = field(METRIC_NAME_LABEL.len(), series.name.len());
-    for l in series.labels.iter() {
-        len += field(l.name.len(), l.value.len());
-    }
+    let mut len =
+        field(METRIC_NAME_LABEL.len(), series.name.len()) + series.labels.sum_lengths(field);
     for sample in &series.samples {
         let l = sample_len(sample);
         len += 1 + varint_len(l as u64) + l;
@@ -893,7 +891,7 @@ pub mod reference {
                 ts.samples
                     .iter()
                     .map(|s| crate::model::Sample::new(s.timestamp, s.value))
-                    .collect(),
+                    .collect::<crate::model::Samples>(),
             ));
         }
         Ok(batch)
@@ -913,7 +911,10 @@ mod tests {
             Arc::from(name),
             labels,
             MetricKind::from_prometheus_name(name),
-            samples.iter().map(|(t, v)| Sample::new(*t, *v)).collect(),
+            samples
+                .iter()
+                .map(|(t, v)| Sample::new(*t, *v))
+                .collect::<Vec<_>>(),
         )
     }
 

@@ -76,10 +76,11 @@ impl Processor for RelabelProcessor {
         }
         seen.clear();
         seen.reserve(batch.series.len());
+        let mut ids = crate::model::SeriesIds::default();
         batch.series.retain_mut(|series| {
             let metric = series.name.clone();
             stats.received(&metric);
-            let keep = relabel_series_cached(rules, series, cache) && seen.insert(series.id());
+            let keep = relabel_series_cached(rules, series, cache) && seen.insert(ids.id(series));
             if keep {
                 stats.passed(&metric);
             } else {
