@@ -391,6 +391,32 @@ impl Labels {
         }
     }
 
+    /// Keeps only the labels whose name `keep` accepts (in place, no allocation; values
+    /// are not looked at, which makes it cheaper than [`Self::retain`]).
+    pub fn retain_names(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        let mut start = 0;
+        while start < self.buf.len() {
+            let bytes = self.buf.as_bytes();
+            let mut pos = start;
+            let name_len = read_len(bytes, &mut pos);
+            let name = name_len.map(|len| pos..pos + len);
+            let end = name.clone().and_then(|name| {
+                let mut pos = name.end;
+                read_len(bytes, &mut pos).map(|len| pos + len)
+            });
+            let (Some(name), Some(end)) = (name, end.filter(|end| *end <= bytes.len())) else {
+                // Unreachable for a well-formed buffer; never loop forever.
+                self.buf.truncate(start);
+                return;
+            };
+            if self.buf.get(name).is_some_and(&mut keep) {
+                start = end;
+            } else {
+                self.buf.drain(start..end);
+            }
+        }
+    }
+
     /// Empties the set, keeping its allocation.
     pub fn clear(&mut self) {
         self.buf.clear();
@@ -869,7 +895,8 @@ mod tests {
         );
         labels.remove("c");
         labels.remove("zz");
-        labels.retain(|l| l.name != "a" && l.name != "e");
+        labels.retain(|l| l.name != "a");
+        labels.retain_names(|name| name != "e");
         assert_eq!(labels, Labels::from_pairs([("b", "two"), ("d", "4")]));
         assert_eq!(labels.len(), 2);
         labels.set("__name__", "x");

@@ -160,10 +160,10 @@ fn string_kv(key: &str, value: &str) -> KeyValue {
 fn attributes(labels: &Labels, skip: Option<&str>, extra: &[(&str, &str)]) -> Vec<KeyValue> {
     let mut out = Vec::with_capacity(labels.len() + extra.len());
     for label in labels.iter() {
-        if Some(&*label.name) == skip || extra.iter().any(|(n, _)| *n == &*label.name) {
+        if Some(label.name) == skip || extra.iter().any(|(n, _)| *n == label.name) {
             continue;
         }
-        out.push(string_kv(&label.name, &label.value));
+        out.push(string_kv(label.name, label.value));
     }
     for (name, value) in extra {
         out.push(string_kv(name, value));
