@@ -10,6 +10,7 @@
 //! `service.instance.id` becomes `instance`; other resource attributes are not copied.
 //! Delta temporality is turned into cumulative by accumulating per series.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use hashbrown::HashMap;
@@ -24,7 +25,7 @@ use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, NumberD
 use parking_lot::Mutex;
 
 use crate::engine::EngineHandle;
-use crate::model::{Batch, Interner, Label, Labels, MetricKind, Sample, Series, SeriesId, Sym};
+use crate::model::{Batch, Interner, Labels, MetricKind, Sample, Series, SeriesId, Sym};
 use crate::telemetry::Telemetry;
 
 const TEMPORALITY_DELTA: i32 = 1;
@@ -151,23 +152,20 @@ impl PointWriter<'_> {
             delta,
         } = point;
         let interner = &mut self.converter.interner;
-        let mut labels: Vec<Label> =
+        let mut labels: Vec<(Cow<'_, str>, Cow<'_, str>)> =
             Vec::with_capacity(attributes.len() + self.base_labels.len() + 1);
         for (k, v) in &self.base_labels {
-            labels.push(Label::new(interner.intern(k), interner.intern(v)));
+            labels.push((Cow::Borrowed(k), Cow::Borrowed(v)));
         }
         for kv in attributes {
             if let Some(v) = value_string(&kv.value) {
-                labels.push(Label::new(
-                    interner.intern(&sanitize_label(&kv.key)),
-                    interner.intern(&v),
-                ));
+                labels.push((Cow::Owned(sanitize_label(&kv.key)), Cow::Owned(v)));
             }
         }
         if let Some((k, v)) = extra {
-            labels.push(Label::new(interner.intern(k), interner.intern(&v)));
+            labels.push((Cow::Borrowed(k), Cow::Owned(v)));
         }
-        let labels = Labels::from_unsorted(labels);
+        let labels = Labels::from_pairs(labels);
         let name: Sym = interner.intern(name);
         let mut series = Series::new(name, labels, kind, vec![Sample::new(timestamp_ms, value)]);
         if delta {

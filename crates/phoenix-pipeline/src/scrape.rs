@@ -3,6 +3,7 @@
 //! (`job`, `instance`, static labels, `honor_labels`) and the synthetic `up`,
 //! `scrape_duration_seconds` and `scrape_samples_scraped` series.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineHandle;
-use crate::model::{Batch, Interner, Label, Labels, MetricKind, Sample, Series, Sym};
+use crate::model::{Batch, Interner, Labels, MetricKind, Sample, Series, Sym};
 use crate::processor::FieldError;
 use crate::telemetry::Telemetry;
 
@@ -282,25 +283,26 @@ pub fn series_from_scrape(
 ) -> Vec<Series> {
     let mut out = Vec::with_capacity(parsed.len());
     for (name, labels, kind, value, timestamp_ms) in parsed {
-        let mut merged: Vec<Label> = Vec::with_capacity(labels.len() + target_labels.len());
+        let mut merged: Vec<(Cow<'_, str>, &str)> =
+            Vec::with_capacity(labels.len() + target_labels.len());
         for (k, v) in &labels {
             let clashes = target_labels.iter().any(|(t, _)| t == k);
             let key = if clashes && !honor_labels {
-                format!("exported_{k}")
+                Cow::Owned(format!("exported_{k}"))
             } else {
-                k.clone()
+                Cow::Borrowed(k.as_str())
             };
-            merged.push(Label::new(interner.intern(&key), interner.intern(v)));
+            merged.push((key, v));
         }
         for (k, v) in target_labels {
             let scraped_wins = honor_labels && labels.iter().any(|(l, _)| l == k);
             if !scraped_wins {
-                merged.push(Label::new(interner.intern(k), interner.intern(v)));
+                merged.push((Cow::Borrowed(k), v));
             }
         }
         out.push(Series::new(
             interner.intern(&name),
-            Labels::from_unsorted(merged),
+            Labels::from_pairs(merged),
             kind,
             vec![Sample::new(
                 timestamp_ms.unwrap_or(scrape_timestamp_ms),
@@ -378,12 +380,7 @@ async fn scrape_loop(
         }
         Telemetry::add(&telemetry.receiver_requests_total, 1);
         let scraped = series.len() as f64;
-        let target_set = Labels::from_unsorted(
-            target_labels
-                .iter()
-                .map(|(k, v)| Label::new(interner.intern(k), interner.intern(v)))
-                .collect(),
-        );
+        let target_set = Labels::from_pairs(target_labels.iter().map(|(k, v)| (k, v)));
         for (name, value) in [
             ("up", up),
             ("scrape_duration_seconds", started.elapsed().as_secs_f64()),

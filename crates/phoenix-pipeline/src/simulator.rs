@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Batch, Interner, Label, Labels, MetricKind, Sample, Series, SeriesId, Sym};
+use crate::model::{Batch, Interner, Labels, MetricKind, Sample, Series, SeriesId, Sym};
 use crate::processor::FieldError;
 
 /// Which shape of data to generate.
@@ -189,7 +189,7 @@ enum Shape {
 struct SimSeries {
     name: Sym,
     /// Labels other than the churning one.
-    base_labels: Vec<Label>,
+    base_labels: Labels,
     labels: Labels,
     kind: MetricKind,
     shape: Shape,
@@ -256,10 +256,7 @@ impl Builder<'_> {
         unit: Option<usize>,
     ) {
         let name = self.sym(name);
-        let base_labels: Vec<Label> = labels
-            .iter()
-            .map(|(n, v)| Label::new(self.interner.intern(n), self.interner.intern(v)))
-            .collect();
+        let base_labels = Labels::from_pairs(labels.iter().copied());
         let index = self.series.len();
         if let Some(u) = unit {
             self.units[u].series.push(index);
@@ -666,9 +663,9 @@ impl Simulator {
         let mut labels = series.base_labels.clone();
         if let Some(unit) = series.unit {
             let unit = &self.units[unit];
-            labels.push(Label::new(unit.label.clone(), unit.value.clone()));
+            labels.set(&unit.label, &unit.value);
         }
-        series.labels = Labels::from_unsorted(labels);
+        series.labels = labels;
     }
 
     fn plan_anomalies(&mut self) {
