@@ -1,8 +1,9 @@
 //! Remote write load generator and sink for the vmagent side-by-side benchmark
 //! (`crates/phoenix-agent/scripts/bench-vs-vmagent.sh`).
 //!
-//! `rw_loadgen sink --listen 127.0.0.1:PORT` answers 204 to every write and prints the
-//! request and byte counts when stopped. `rw_loadgen send --url URL --series N --rounds R`
+//! `rw_loadgen sink --listen 127.0.0.1:PORT` answers 204 to every write, decodes it to
+//! count the series and samples forwarded, and reports its counts at `GET /stats` (and
+//! when stopped with Ctrl-C). `rw_loadgen send --url URL --series N --rounds R`
 //! pre-encodes the `k8s` profile (N series, one sample each per tick) into requests of
 //! 2,000 series and posts every request R times with a few connections, then prints what
 //! was accepted.
@@ -14,10 +15,11 @@ use std::time::Instant;
 use anyhow::Context as _;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use clap::{Parser, Subcommand};
-use phoenix_pipeline::remote_write::RemoteWriteEncoder;
+use phoenix_pipeline::model::{Batch, Interner};
+use phoenix_pipeline::remote_write::{RemoteWriteDecoder, RemoteWriteEncoder};
 use phoenix_pipeline::simulator::{Profile, Simulator, SimulatorConfig};
 
 #[derive(Debug, Parser)]
@@ -59,11 +61,39 @@ enum Command {
 struct SinkCounts {
     requests: AtomicU64,
     bytes: AtomicU64,
+    series: AtomicU64,
+    samples: AtomicU64,
+    bad_requests: AtomicU64,
+}
+
+impl SinkCounts {
+    fn render(&self) -> String {
+        format!(
+            "sink: requests={} bytes={} series={} samples={} bad_requests={}",
+            self.requests.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+            self.series.load(Ordering::Relaxed),
+            self.samples.load(Ordering::Relaxed),
+            self.bad_requests.load(Ordering::Relaxed)
+        )
+    }
 }
 
 async fn sink_write(State(counts): State<Arc<SinkCounts>>, body: axum::body::Bytes) -> StatusCode {
     counts.requests.fetch_add(1, Ordering::Relaxed);
     counts.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+    let mut batch = Batch::default();
+    let decoded = RemoteWriteDecoder::default().decode(&body, &mut Interner::new(), &mut batch);
+    if decoded.is_err() {
+        counts.bad_requests.fetch_add(1, Ordering::Relaxed);
+        return StatusCode::BAD_REQUEST;
+    }
+    counts
+        .series
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    counts
+        .samples
+        .fetch_add(batch.sample_count() as u64, Ordering::Relaxed);
     StatusCode::NO_CONTENT
 }
 
@@ -71,6 +101,10 @@ async fn sink(listen: &str) -> anyhow::Result<()> {
     let counts = Arc::new(SinkCounts::default());
     let app = Router::new()
         .route("/api/v1/write", post(sink_write))
+        .route(
+            "/stats",
+            get(|State(counts): State<Arc<SinkCounts>>| async move { counts.render() }),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(256 << 20))
         .with_state(counts.clone());
     let listener = tokio::net::TcpListener::bind(listen)
@@ -81,11 +115,7 @@ async fn sink(listen: &str) -> anyhow::Result<()> {
         result = server => result.context("sink server")?,
         _ = tokio::signal::ctrl_c() => {}
     }
-    println!(
-        "sink: {} requests, {} bytes",
-        counts.requests.load(Ordering::Relaxed),
-        counts.bytes.load(Ordering::Relaxed)
-    );
+    println!("{}", counts.render());
     Ok(())
 }
 

@@ -2,7 +2,8 @@
 # Side by side: vmagent and phoenix-agent receive the same remote write load (the k8s
 # profile from rw_loadgen), drop `pod`, `instance` and `container`, and remote write the
 # rest to a local sink. Reports samples per CPU-second of each agent, the ratio, and
-# peak RSS. Needs the Debian package victoria-metrics (ships vmagent).
+# peak RSS, and what each forwarded (the sink decodes every request it gets). Needs the
+# Debian package victoria-metrics (ships vmagent).
 #
 #   crates/phoenix-agent/scripts/bench-vs-vmagent.sh [SERIES...]     (default: 200000 1000000)
 #   ROUNDS=5 TICKS=3 CONCURRENCY=4 crates/phoenix-agent/scripts/bench-vs-vmagent.sh 200000
@@ -30,11 +31,12 @@ cat > "$WORK/relabel.yaml" <<'YAML'
 YAML
 
 HZ=$(getconf CLK_TCK)
-printf '| series/tick | agent | samples accepted | CPU s | samples per CPU-second | peak RSS MiB |\n|---:|---|---:|---:|---:|---:|\n' > "$WORK/table.md"
+printf '| series/tick | agent | samples accepted | CPU s | samples per CPU-second | peak RSS MiB | samples forwarded |\n|---:|---|---:|---:|---:|---:|---:|\n' > "$WORK/table.md"
+sink_samples() { curl -sf "http://127.0.0.1:$SINK_PORT/stats" | sed -n 's/.*samples=\([0-9]*\).*/\1/p'; }
 for N in "${SIZES[@]}"; do
   SINK_PORT=$(free_port)
   "$LOADGEN" sink --listen "127.0.0.1:$SINK_PORT" > "$WORK/sink.log" 2>&1 & PIDS+=($!)
-  sleep 0.5
+  wait_http "http://127.0.0.1:$SINK_PORT/stats"
   declare -A RATE=()
   declare -A RSS=()
   for AGENT_NAME in vmagent phoenix; do
@@ -61,21 +63,23 @@ YAML
     fi
     PIDS+=("$PID")
     wait_http "$HEALTH"
+    SINK_BEFORE=$(sink_samples)
     BEFORE=$(cpu_ticks "$PID")
     OUT=$("$LOADGEN" send --url "http://127.0.0.1:$PORT/api/v1/write" --series "$N" --ticks "$TICKS" \
       --rounds "$ROUNDS" --concurrency "$CONCURRENCY")
     settle "$PID"
     AFTER=$(cpu_ticks "$PID")
+    FORWARDED=$(( $(sink_samples) - SINK_BEFORE ))
     ACCEPTED=$(sed -n 's/.*accepted_samples=\([0-9]*\).*/\1/p' <<< "$OUT")
     FAILED=$(sed -n 's/.*failed_requests=\([0-9]*\).*/\1/p' <<< "$OUT")
     CPU=$(awk -v a="$AFTER" -v b="$BEFORE" -v hz="$HZ" 'BEGIN {printf "%.2f", (a - b) / hz}')
     RATE[$AGENT_NAME]=$(awk -v s="$ACCEPTED" -v c="$CPU" 'BEGIN {printf "%.0f", s / c}')
     RSS[$AGENT_NAME]=$(awk -v k="$(peak_rss_kib "$PID")" 'BEGIN {printf "%.0f", k / 1024}')
     echo "$AGENT_NAME N=$N: $OUT cpu_s=$CPU failed=$FAILED" >&2
-    printf '| %s | %s | %s | %s | %s | %s |\n' "$N" "$AGENT_NAME" "$ACCEPTED" "$CPU" "${RATE[$AGENT_NAME]}" "${RSS[$AGENT_NAME]}" >> "$WORK/table.md"
+    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$N" "$AGENT_NAME" "$ACCEPTED" "$CPU" "${RATE[$AGENT_NAME]}" "${RSS[$AGENT_NAME]}" "$FORWARDED" >> "$WORK/table.md"
     kill "$PID"; wait "$PID" 2>/dev/null || true
   done
   RATIO=$(awk -v p="${RATE[phoenix]}" -v v="${RATE[vmagent]}" 'BEGIN {printf "%.2f", p / v}')
-  printf '| %s | **ratio phoenix/vmagent** | | | **%s×** | RSS %s vs %s MiB |\n' "$N" "$RATIO" "${RSS[phoenix]}" "${RSS[vmagent]}" >> "$WORK/table.md"
+  printf '| %s | **ratio phoenix/vmagent** | | | **%s×** | RSS %s vs %s MiB | |\n' "$N" "$RATIO" "${RSS[phoenix]}" "${RSS[vmagent]}" >> "$WORK/table.md"
 done
 cat "$WORK/table.md"

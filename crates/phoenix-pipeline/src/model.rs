@@ -831,6 +831,17 @@ mod tests {
     }
 
     #[test]
+    fn a_series_stays_small() {
+        // Queued batches and the engine's working set are counted in series: name
+        // (16 bytes), label string (24), one inline sample (24 with the spill length), kind.
+        assert!(
+            std::mem::size_of::<Series>() <= 72,
+            "{}",
+            std::mem::size_of::<Series>()
+        );
+    }
+
+    #[test]
     fn cached_name_hashes_give_the_same_ids() {
         let a = Series::new(
             sym("a"),
