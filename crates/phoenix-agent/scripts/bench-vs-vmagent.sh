@@ -7,6 +7,12 @@
 #
 #   crates/phoenix-agent/scripts/bench-vs-vmagent.sh [SERIES...]     (default: 200000 1000000)
 #   ROUNDS=5 TICKS=3 CONCURRENCY=4 crates/phoenix-agent/scripts/bench-vs-vmagent.sh 200000
+#   DROP='instance|job' crates/phoenix-agent/scripts/bench-vs-vmagent.sh 200000
+#
+# DROP is the labeldrop regex (default `pod|instance|container`, the issue's job). Dropping
+# `pod` makes series identical: vmagent forwards every one of them, Phoenix the first of
+# each in a batch (its `relabel` semantics), so Phoenix also forwards fewer samples.
+# `instance|job` merges nothing on the k8s profile: both forward every sample.
 #
 # For A/B runs of two builds: PHOENIX_AGENT_BIN=/path/to/phoenix-agent (and LOADGEN_BIN)
 # skip the build and run that binary; PHOENIX_LD_PRELOAD=/path/to/lib.so is set as
@@ -25,9 +31,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 # shellcheck source=bench-common.sh
 source crates/phoenix-agent/scripts/bench-common.sh
 
-cat > "$WORK/relabel.yaml" <<'YAML'
+DROP="${DROP:-pod|instance|container}"
+cat > "$WORK/relabel.yaml" <<YAML
 - action: labeldrop
-  regex: pod|instance|container
+  regex: '$DROP'
 YAML
 
 HZ=$(getconf CLK_TCK)
@@ -54,7 +61,7 @@ pipelines:
   live:
     processors:
       - type: relabel
-        rules: [{action: labeldrop, regex: pod|instance|container}]
+        rules: [{action: labeldrop, regex: '$DROP'}]
 exporters:
   remote_write: {url: "http://127.0.0.1:$SINK_PORT/api/v1/write", queue_capacity_requests: 4096}
 YAML

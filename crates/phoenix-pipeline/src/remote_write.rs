@@ -572,6 +572,24 @@ fn put_string_field(out: &mut Vec<u8>, key: u8, value: &str) {
     }
 }
 
+/// One `Label` entry of a `TimeSeries`; the usual short name and value in four appends.
+#[inline]
+fn put_label(out: &mut Vec<u8>, name: &str, value: &str) {
+    let (n, v) = (name.len(), value.len());
+    if n.wrapping_sub(1) < 61 && v.wrapping_sub(1) < 61 {
+        // Every length fits one byte: 4 + n + v <= 126.
+        out.extend_from_slice(&[0x0a, (4 + n + v) as u8, 0x0a, n as u8]);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&[0x12, v as u8]);
+        out.extend_from_slice(value.as_bytes());
+        return;
+    }
+    out.push(0x0a);
+    put_varint(out, label_len(name, value) as u64);
+    put_string_field(out, 0x0a, name);
+    put_string_field(out, 0x12, value);
+}
+
 fn label_len(name: &str, value: &str) -> usize {
     string_field_len(name) + string_field_len(value)
 }
@@ -605,6 +623,14 @@ fn series_body_len(series: &Series, extra: &[(&str, &str)]) -> usize {
 /// a batch is the protobuf body's length before snappy, the size a vendor meters as
 /// ingest. Label order does not change the size, so the labels are not merged in order.
 pub fn encoded_series_len(series: &Series) -> u64 {
+    let body = plain_series_body_len(series);
+    (1 + varint_len(body as u64) + body) as u64
+}
+
+/// The body length of a series' `timeseries` entry without extra labels, from the label
+/// length prefixes only (see [`crate::model::Labels::sum_lengths`]).
+#[inline]
+fn plain_series_body_len(series: &Series) -> usize {
     #[inline]
     fn field(name: usize, value: usize) -> usize {
         // The common case, one-byte lengths: a key and a length byte for the label and
@@ -629,7 +655,7 @@ pub fn encoded_series_len(series: &Series) -> u64 {
         let l = sample_len(sample);
         len += 1 + varint_len(l as u64) + l;
     }
-    (1 + varint_len(len as u64) + len) as u64
+    len
 }
 
 /// Visits the wire labels of a series in name order: `__name__` at its sorted place among
@@ -675,14 +701,15 @@ fn for_each_label_pair<'a>(
 /// adding the `extra` labels to every series.
 pub fn encode_write_request(series: &[Series], extra: &[(&str, &str)], out: &mut Vec<u8>) {
     for s in series {
+        let body = if extra.is_empty() {
+            plain_series_body_len(s)
+        } else {
+            series_body_len(s, extra)
+        };
+        out.reserve(11 + body);
         out.push(0x0a);
-        put_varint(out, series_body_len(s, extra) as u64);
-        for_each_label_pair(s, extra, |name, value| {
-            out.push(0x0a);
-            put_varint(out, label_len(name, value) as u64);
-            put_string_field(out, 0x0a, name);
-            put_string_field(out, 0x12, value);
-        });
+        put_varint(out, body as u64);
+        for_each_label_pair(s, extra, |name, value| put_label(out, name, value));
         for sample in &s.samples {
             out.push(0x12);
             put_varint(out, sample_len(sample) as u64);
