@@ -259,6 +259,22 @@ impl Labels {
         Self::from_pairs(pairs.iter().map(|l| (l.name, l.value)))
     }
 
+    /// Builds a label set from pairs the caller keeps sorted by name, unique and with
+    /// non-empty values (a builder that maintains that order); checked in debug builds.
+    pub(crate) fn from_sorted_unique<'a>(
+        pairs: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+    ) -> Self {
+        let mut buf =
+            String::with_capacity(pairs.clone().map(|(n, v)| encoded_label_len(n, v)).sum());
+        let mut previous: Option<&str> = None;
+        for (name, value) in pairs {
+            debug_assert!(previous.is_none_or(|p| p < name) && !value.is_empty());
+            previous = Some(name);
+            push_label(&mut buf, name, value);
+        }
+        Self { buf }
+    }
+
     /// Builds a label set from arbitrary [`Label`]s (see [`Self::from_pairs`]).
     pub fn from_unsorted(labels: Vec<Label>) -> Self {
         Self::from_pairs(labels.iter().map(|l| (&*l.name, &*l.value)))

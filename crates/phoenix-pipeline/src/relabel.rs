@@ -12,7 +12,7 @@ use md5::{Digest, Md5};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Labels, LabelsWriter, Series, Sym, METRIC_NAME_LABEL};
+use crate::model::{Labels, Series, Sym, METRIC_NAME_LABEL};
 use crate::selector::anchored_regex;
 
 /// A relabel action.
@@ -297,12 +297,13 @@ impl<'a> LabelBuilder<'a> {
         Self { labels }
     }
 
-    /// Value of `name`, empty when absent.
+    /// Value of `name`, empty when absent. A scan with the length compared first: a
+    /// series has a dozen labels, and most names differ in length.
     pub fn get(&self, name: &str) -> &str {
         self.labels
-            .binary_search_by(|(n, _)| (**n).cmp(name))
-            .map(|i| &*self.labels[i].1)
-            .unwrap_or("")
+            .iter()
+            .find(|(n, _)| n.len() == name.len() && **n == *name)
+            .map_or("", |(_, v)| &**v)
     }
 
     /// Sets `name` (removes it when `value` is empty).
@@ -336,13 +337,16 @@ impl<'a> LabelBuilder<'a> {
         if name.is_empty() {
             return None;
         }
-        let mut writer = LabelsWriter::with_capacity(
-            self.labels.iter().map(|(n, v)| n.len() + v.len() + 2).sum(),
-        );
-        for (n, v) in &self.labels {
-            writer.push(n, v);
-        }
-        Some((name, writer.finish()))
+        // Sorted, unique and without empty values: kept so by `from_pairs` and `set`.
+        Some((
+            name,
+            Labels::from_sorted_unique(
+                self.labels
+                    .iter()
+                    .filter(|(n, _)| *n != METRIC_NAME_LABEL)
+                    .map(|(n, v)| (&**n, &**v)),
+            ),
+        ))
     }
 }
 
