@@ -558,6 +558,8 @@ impl Supervisor {
                         "output_series": k.output_series,
                         "input_samples": k.input_samples,
                         "output_samples": k.output_samples,
+                        "input_bytes": k.input_bytes,
+                        "output_bytes": k.output_bytes,
                         "reduction_percent": k.reduction_percent,
                         "protected_coverage_percent": k.protected_coverage_percent(),
                         "max_relative_error": k.max_relative_error,

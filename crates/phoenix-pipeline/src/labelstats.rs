@@ -87,21 +87,24 @@ pub struct LabelStats {
 /// counts of the heavy values are upper bounds (Metwally et al.).
 #[derive(Debug, Default)]
 struct TopValues {
-    entries: Vec<(Sym, u64)>,
+    /// Values and counts; a replaced value reuses its string's allocation.
+    entries: Vec<(String, u64)>,
 }
 
 impl TopValues {
     fn add(&mut self, value: &str, capacity: usize) {
-        if let Some(e) = self.entries.iter_mut().find(|(v, _)| **v == *value) {
+        if let Some(e) = self.entries.iter_mut().find(|(v, _)| v == value) {
             e.1 += 1;
             return;
         }
         if self.entries.len() < capacity {
-            self.entries.push((Sym::from(value), 1));
+            self.entries.push((value.to_string(), 1));
             return;
         }
         if let Some(min) = self.entries.iter_mut().min_by_key(|(_, c)| *c) {
-            *min = (Sym::from(value), min.1 + 1);
+            min.0.clear();
+            min.0.push_str(value);
+            min.1 += 1;
         }
     }
 }
@@ -238,7 +241,16 @@ impl LabelStatsCollector {
         let mut total = 0u64;
         let mut slots: [usize; 64] = [usize::MAX; 64];
         for (k, label) in series.labels.iter().enumerate() {
-            let slot = match metric.labels.iter().position(|l| &*l.name == label.name) {
+            // A metric's series carry the same label names in the same (sorted) order, so
+            // the k-th label is usually the k-th accumulator: checked first.
+            let hinted = metric
+                .labels
+                .get(k)
+                .is_some_and(|l| *l.name == *label.name)
+                .then_some(k);
+            let slot = match hinted
+                .or_else(|| metric.labels.iter().position(|l| *l.name == *label.name))
+            {
                 Some(slot) => slot,
                 None if metric.labels.len() < max_labels => {
                     metric.labels.push(LabelAcc {
@@ -333,12 +345,8 @@ impl LabelStatsCollector {
                         .labels
                         .into_iter()
                         .map(|l| {
-                            let mut top: Vec<(String, u64)> = l
-                                .top
-                                .entries
-                                .into_iter()
-                                .map(|(v, c)| (v.to_string(), c))
-                                .collect();
+                            let mut top: Vec<(String, u64)> =
+                                l.top.entries.into_iter().map(|(v, c)| (v, c)).collect();
                             top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
                             top.truncate(top_values);
                             LabelStatsEntry {
