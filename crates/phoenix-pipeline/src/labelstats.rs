@@ -345,8 +345,7 @@ impl LabelStatsCollector {
                         .labels
                         .into_iter()
                         .map(|l| {
-                            let mut top: Vec<(String, u64)> =
-                                l.top.entries.into_iter().map(|(v, c)| (v, c)).collect();
+                            let mut top: Vec<(String, u64)> = l.top.entries;
                             top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
                             top.truncate(top_values);
                             LabelStatsEntry {
