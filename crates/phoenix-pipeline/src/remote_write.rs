@@ -374,6 +374,24 @@ fn parse_time_series(
     let mut sorted = true;
     let mut previous_label: Range<usize> = 0..0;
     while reader.pos < range.end {
+        if let Some(label) = short_label(buf, reader.pos, range.end) {
+            reader.pos = label.end;
+            let name_bytes = &buf[label.name.clone()];
+            if name_bytes == METRIC_NAME_LABEL.as_bytes() {
+                name = Some(label.value.start + 1..label.value.end);
+                continue;
+            }
+            if !previous_label.is_empty() && !name_before(&buf[previous_label.clone()], name_bytes)
+            {
+                sorted = false;
+            }
+            previous_label = label.name.clone();
+            // The one-byte protobuf lengths are this crate's length prefixes too: each
+            // string is copied with its length byte in one go.
+            labels.extend_from_slice(&buf[label.name.start - 1..label.name.end]);
+            labels.extend_from_slice(&buf[label.value]);
+            continue;
+        }
         let (field, wire_type) = reader.key()?;
         match field {
             1 => {
@@ -445,6 +463,45 @@ fn parse_time_series(
     ));
     summary.series += 1;
     Ok(())
+}
+
+/// A `TimeSeries.labels` entry in the usual shape, read without the field loop.
+struct ShortLabel {
+    /// The name's bytes.
+    name: Range<usize>,
+    /// The value's length byte and bytes.
+    value: Range<usize>,
+    /// Where the entry ends.
+    end: usize,
+}
+
+/// The entry at `pos` when it is `0a L 0a n <name> 12 v <value>` with `0 < n, v < 64` (one
+/// length byte each, equal to [`crate::model::Labels`]' own length prefix) and ends by
+/// `end`; anything else (`None`) goes through the general field loop.
+#[inline(always)]
+fn short_label(buf: &[u8], pos: usize, end: usize) -> Option<ShortLabel> {
+    let header: [u8; 4] = buf.get(pos..pos + 4)?.try_into().ok()?;
+    let [0x0a, entry_len, 0x0a, name_len] = header else {
+        return None;
+    };
+    let (entry_len, name_len) = (usize::from(entry_len), usize::from(name_len));
+    let value_key = pos + 4 + name_len;
+    let [0x12, value_len]: [u8; 2] = buf.get(value_key..value_key + 2)?.try_into().ok()? else {
+        return None;
+    };
+    let value_len = usize::from(value_len);
+    let entry_end = pos + 2 + entry_len;
+    // A one-byte entry length (below 0x80), and it must be exactly the two strings'.
+    let short = entry_len < 0x80
+        && (1..64).contains(&name_len)
+        && (1..64).contains(&value_len)
+        && entry_len == 4 + name_len + value_len
+        && entry_end <= end;
+    short.then(|| ShortLabel {
+        name: pos + 4..value_key,
+        value: value_key + 1..entry_end,
+        end: entry_end,
+    })
 }
 
 /// A `Label`: the byte ranges of its name and value. The usual layout (name, then value,
@@ -984,6 +1041,39 @@ mod tests {
         assert_eq!(batch.series.len(), series.len());
         for (got, want) in batch.series.iter().zip(&series) {
             assert!(got.same_bits(want), "{got} != {want}");
+        }
+    }
+
+    #[test]
+    fn labels_of_every_length_round_trip_on_both_decoding_paths() {
+        // Short labels (both strings under 64 bytes) take the direct path, the others the
+        // field loop; a label set mixing both must come back identical.
+        let lengths = [1usize, 2, 61, 62, 63, 64, 65, 124, 127, 128, 129, 300];
+        let mut all = Vec::new();
+        for &n in &lengths {
+            for &v in &lengths {
+                let name = format!("{}{}", "n".repeat(n - 1), "x");
+                let value = "é".repeat(v.div_ceil(2));
+                let short = ("a", "b");
+                all.push(series_with(&name, &value, short));
+            }
+        }
+        let compressed = RemoteWriteEncoder::new().encode(&all, &[]);
+        let mut batch = Batch::default();
+        RemoteWriteDecoder::default()
+            .decode(&compressed, &mut Interner::new(), &mut batch)
+            .unwrap();
+        assert_eq!(batch.len(), all.len());
+        for (got, want) in batch.series.iter().zip(&all) {
+            assert!(got.same_bits(want), "{got} != {want}");
+        }
+
+        fn series_with(name: &str, value: &str, other: (&str, &str)) -> Series {
+            series(
+                "metric_with_a_name_of_some_length",
+                &[(name, value), other, ("zz", value)],
+                &[(1, 1.0)],
+            )
         }
     }
 
