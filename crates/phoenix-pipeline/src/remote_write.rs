@@ -367,12 +367,14 @@ fn parse_time_series(
     summary: &mut DecodeSummary,
 ) -> Result<(), DecodeError> {
     let mut reader = Reader::new(&buf[..range.end], range.start);
-    // The message's length bounds its labels' (prefixes included): one allocation.
-    let mut labels: Vec<u8> = Vec::with_capacity(range.len());
+    // The message's length bounds its labels' (prefixes included): one allocation for a
+    // series with a sample or a few; one with many samples grows its buffer as needed
+    // rather than holding room for all of them.
+    let mut labels: Vec<u8> = Vec::with_capacity(range.len().min(512));
     let mut samples = Samples::new();
     let mut name: Option<Range<usize>> = None;
     let mut sorted = true;
-    let mut previous_label: Range<usize> = 0..0;
+    let mut previous_label: Option<Range<usize>> = None;
     while reader.pos < range.end {
         if let Some(label) = short_label(buf, reader.pos, range.end) {
             reader.pos = label.end;
@@ -381,11 +383,10 @@ fn parse_time_series(
                 name = Some(label.value.start + 1..label.value.end);
                 continue;
             }
-            if !previous_label.is_empty() && !name_before(&buf[previous_label.clone()], name_bytes)
-            {
+            if previous_label.is_some_and(|p| !name_before(&buf[p], name_bytes)) {
                 sorted = false;
             }
-            previous_label = label.name.clone();
+            previous_label = Some(label.name.clone());
             // The one-byte protobuf lengths are this crate's length prefixes too: each
             // string is copied with its length byte in one go.
             labels.extend_from_slice(&buf[label.name.start - 1..label.name.end]);
@@ -402,12 +403,10 @@ fn parse_time_series(
                 if name_bytes == METRIC_NAME_LABEL.as_bytes() {
                     name = Some(label_value);
                 } else if !label_value.is_empty() {
-                    if !previous_label.is_empty()
-                        && !name_before(&buf[previous_label.clone()], name_bytes)
-                    {
+                    if previous_label.is_some_and(|p| !name_before(&buf[p], name_bytes)) {
                         sorted = false;
                     }
-                    previous_label = label_name;
+                    previous_label = Some(label_name);
                     push_len_bytes(&mut labels, name_bytes.len());
                     labels.extend_from_slice(name_bytes);
                     push_len_bytes(&mut labels, label_value.len());
@@ -1210,6 +1209,8 @@ mod tests {
         let request = reference::WriteRequest {
             timeseries: vec![reference::TimeSeries {
                 labels: [
+                    ("", "x"),
+                    ("", "y"),
                     ("zone", "z"),
                     ("__name__", "up"),
                     ("job", "a"),
@@ -1236,7 +1237,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             batch.series[0].labels,
-            Labels::from_pairs([("job", "b"), ("zone", "z")])
+            Labels::from_pairs([("", "y"), ("job", "b"), ("zone", "z")])
         );
     }
 
