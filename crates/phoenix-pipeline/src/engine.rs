@@ -25,12 +25,12 @@ use crate::telemetry::Telemetry;
 pub const VARIANT_LABEL: &str = "phoenix_variant";
 
 /// Batches waiting for the engine at most (receivers wait when it is full). A decoded
-/// batch of a 2,000-series remote write request of the k8s profile takes about 0.5 MB
-/// (72-byte series and their ~190-byte label strings), and under sustained load the queue
-/// stays full, so this bounds the agent's memory more than anything else in a forwarding
-/// job (peak RSS fell by about 36 MiB from 64 to 16 batches in `bench-vs-vmagent.sh`, when
-/// a batch took 0.8 MB). 16 keeps a few batches per
-/// receiver connection ready for the engine thread, the bottleneck then.
+/// batch of a 2,000-series remote write request of the k8s profile takes about 0.4 MB
+/// (72-byte series and their label strings, 109 bytes on average), and under sustained
+/// load the queue stays full, so this bounds the agent's memory more than anything else in
+/// a forwarding job (peak RSS fell by about 36 MiB from 64 to 16 batches in
+/// `bench-vs-vmagent.sh`, when a batch took 0.8 MB). 16 keeps a few batches per receiver
+/// connection ready for the engine thread, the bottleneck then.
 pub const ENGINE_QUEUE_CAPACITY_BATCHES: usize = 16;
 
 /// The pipelines the engine runs and how their output is exported.

@@ -109,6 +109,9 @@ pub struct RemoteWriteDecoder {
     snappy: snap::raw::Decoder,
     body: Vec<u8>,
     metadata: Vec<(Range<usize>, i32)>,
+    /// Scratch: the labels of the series being read, copied into an exact-size string
+    /// once complete (a series' labels are about half its message).
+    labels: Vec<u8>,
     max_decompressed_bytes: usize,
 }
 
@@ -125,6 +128,7 @@ impl RemoteWriteDecoder {
             snappy: snap::raw::Decoder::new(),
             body: Vec::new(),
             metadata: Vec::new(),
+            labels: Vec::new(),
             max_decompressed_bytes,
         }
     }
@@ -202,7 +206,14 @@ impl RemoteWriteDecoder {
                 1 => {
                     reader.expect(field, wire_type, WIRE_LEN)?;
                     let range = reader.len_delimited()?;
-                    parse_time_series(body, range, interner, batch, &mut summary)?;
+                    parse_time_series(
+                        body,
+                        range,
+                        &mut self.labels,
+                        interner,
+                        batch,
+                        &mut summary,
+                    )?;
                 }
                 3 => {
                     reader.expect(field, wire_type, WIRE_LEN)?;
@@ -362,15 +373,13 @@ fn name_before(a: &[u8], b: &[u8]) -> bool {
 fn parse_time_series(
     buf: &[u8],
     range: Range<usize>,
+    labels: &mut Vec<u8>,
     interner: &mut Interner,
     batch: &mut Batch,
     summary: &mut DecodeSummary,
 ) -> Result<(), DecodeError> {
     let mut reader = Reader::new(&buf[..range.end], range.start);
-    // The message's length bounds its labels' (prefixes included): one allocation for a
-    // series with a sample or a few; one with many samples grows its buffer as needed
-    // rather than holding room for all of them.
-    let mut labels: Vec<u8> = Vec::with_capacity(range.len().min(512));
+    labels.clear();
     let mut samples = Samples::new();
     let mut name: Option<Range<usize>> = None;
     let mut sorted = true;
@@ -407,9 +416,9 @@ fn parse_time_series(
                         sorted = false;
                     }
                     previous_label = Some(label_name);
-                    push_len_bytes(&mut labels, name_bytes.len());
+                    push_len_bytes(labels, name_bytes.len());
                     labels.extend_from_slice(name_bytes);
-                    push_len_bytes(&mut labels, label_value.len());
+                    push_len_bytes(labels, label_value.len());
                     labels.extend_from_slice(&buf[label_value]);
                 } else if std::str::from_utf8(name_bytes).is_err() {
                     // Not kept, still checked: a bad request is refused whole.
@@ -437,7 +446,7 @@ fn parse_time_series(
     let utf8 = || DecodeError::Utf8 {
         offset: range.start,
     };
-    let labels = String::from_utf8(labels).map_err(|_| utf8())?;
+    let labels = std::str::from_utf8(labels).map_err(|_| utf8())?.to_owned();
     let Some(name) = name.filter(|n| !n.is_empty()) else {
         summary.series_without_name += 1;
         return Ok(());
