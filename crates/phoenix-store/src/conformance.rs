@@ -57,6 +57,7 @@ macro_rules! conformance_suite {
     ($factory:expr) => {
         $crate::conformance_suite!(@tests $factory;
             experiment_round_trips_and_unknown_is_not_found,
+            phases_for_metrics_keep_finished_experiments_only_until_the_cutoff,
             experiments_list_filters_by_phase_and_pages_with_total,
             transition_writes_one_event_and_its_tasks_atomically,
             refused_transition_writes_nothing_and_names_current_phase,
@@ -194,7 +195,7 @@ pub async fn experiment_round_trips_and_unknown_is_not_found(store: SharedStore)
         vec![event]
     );
     assert_eq!(
-        store.experiment_phases().await.unwrap(),
+        store.experiment_phases(t0()).await.unwrap(),
         vec![(e.id, ExperimentPhase::Pending)]
     );
 
@@ -550,6 +551,38 @@ pub async fn delete_refuses_active_experiment_and_keeps_its_tasks(store: SharedS
         store.delete_experiment(e.id).await.unwrap_err(),
         StoreError::NotFound { .. }
     ));
+}
+
+/// `/metrics` reports every live experiment, and a finished one only while it ended at or
+/// after the cutoff (so the phase gauge does not grow with every experiment ever run).
+pub async fn phases_for_metrics_keep_finished_experiments_only_until_the_cutoff(
+    store: SharedStore,
+) {
+    let live = created(&store, "live", t0()).await;
+    let finished = created(&store, "finished", t0()).await;
+    let ended_at = t0() + Duration::minutes(5);
+    let stop = ExperimentCommand::Stop {
+        reason: Some("done".into()),
+    };
+    store
+        .transition_experiment(finished.id, &stop, &[], ended_at)
+        .await
+        .unwrap();
+    let mut both = vec![
+        (live.id, ExperimentPhase::Pending),
+        (finished.id, ExperimentPhase::Stopped),
+    ];
+    both.sort_by_key(|(id, _)| id.to_string());
+    for cutoff in [t0(), ended_at] {
+        assert_eq!(store.experiment_phases(cutoff).await.unwrap(), both);
+    }
+    assert_eq!(
+        store
+            .experiment_phases(ended_at + Duration::seconds(1))
+            .await
+            .unwrap(),
+        vec![(live.id, ExperimentPhase::Pending)]
+    );
 }
 
 pub async fn events_after_seq_resume_where_the_client_left_off(store: SharedStore) {

@@ -253,8 +253,13 @@ pub trait Store: AuthStore + Send + Sync + Debug + 'static {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<ExperimentEvent>>;
-    /// Every experiment's phase, for `/metrics`.
-    async fn experiment_phases(&self) -> Result<Vec<(ExperimentId, ExperimentPhase)>>;
+    /// Phases for `/metrics`: every experiment not in a terminal phase, and the terminal
+    /// ones that ended (or, without an end time, were last updated) at or after
+    /// `finished_since`, by id.
+    async fn experiment_phases(
+        &self,
+        finished_since: DateTime<Utc>,
+    ) -> Result<Vec<(ExperimentId, ExperimentPhase)>>;
 
     // ---- task queue ----
 

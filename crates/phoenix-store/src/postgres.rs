@@ -798,10 +798,19 @@ impl Store for PgStore {
         rows.iter().map(event_from_row).collect()
     }
 
-    async fn experiment_phases(&self) -> Result<Vec<(ExperimentId, ExperimentPhase)>> {
-        let rows = sqlx::query("SELECT id, phase FROM experiments ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
+    async fn experiment_phases(
+        &self,
+        finished_since: DateTime<Utc>,
+    ) -> Result<Vec<(ExperimentId, ExperimentPhase)>> {
+        let rows = sqlx::query(
+            "SELECT id, phase FROM experiments
+             WHERE phase NOT IN ('completed', 'failed', 'stopped', 'rolled_back')
+                OR COALESCE(ended_at, updated_at) >= $1
+             ORDER BY id",
+        )
+        .bind(finished_since)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|row| {
                 Ok((

@@ -712,10 +712,19 @@ impl Store for SqliteStore {
         rows.iter().map(event_from_row).collect()
     }
 
-    async fn experiment_phases(&self) -> Result<Vec<(ExperimentId, ExperimentPhase)>> {
-        let rows = sqlx::query("SELECT id, phase FROM experiments ORDER BY id")
-            .fetch_all(&mut *self.read.get().await?)
-            .await?;
+    async fn experiment_phases(
+        &self,
+        finished_since: DateTime<Utc>,
+    ) -> Result<Vec<(ExperimentId, ExperimentPhase)>> {
+        let rows = sqlx::query(
+            "SELECT id, phase FROM experiments
+             WHERE phase NOT IN ('completed', 'failed', 'stopped', 'rolled_back')
+                OR COALESCE(ended_at, updated_at) >= ?1
+             ORDER BY id",
+        )
+        .bind(micros(finished_since))
+        .fetch_all(&mut *self.read.get().await?)
+        .await?;
         rows.iter()
             .map(|row| {
                 Ok((

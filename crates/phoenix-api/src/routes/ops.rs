@@ -56,6 +56,11 @@ pub async fn ready(State(s): State<AppState>) -> ApiResult<Json<ReadyResponse>> 
     }))
 }
 
+/// How long a finished experiment keeps its `phoenix_experiment_phase` series after it
+/// ended: long enough for alerts and dashboards to see how it ended, without one series per
+/// experiment ever run.
+const FINISHED_EXPERIMENTS_IN_METRICS_FOR: chrono::Duration = chrono::Duration::hours(24);
+
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 pub async fn metrics(State(s): State<AppState>) -> ApiResult<impl IntoResponse> {
@@ -104,7 +109,8 @@ pub async fn metrics(State(s): State<AppState>) -> ApiResult<impl IntoResponse> 
     }
 
     m.experiment_phase.clear();
-    for (id, phase) in store.experiment_phases().await? {
+    let finished_since = now - FINISHED_EXPERIMENTS_IN_METRICS_FOR;
+    for (id, phase) in store.experiment_phases(finished_since).await? {
         m.experiment_phase
             .get_or_create(&ExperimentLabel {
                 experiment_id: id.to_string(),
