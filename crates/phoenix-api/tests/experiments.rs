@@ -345,6 +345,37 @@ async fn run_shaping_edits_are_refused_after_start(s: &TestServer) {
 // ---- bad input (SQLite is enough: the mapping is the same code) ----
 
 #[tokio::test]
+async fn a_split_experiment_is_patched_back_to_shadow_by_clearing_its_share() {
+    let s = start_sqlite().await;
+    let exp = s.create_experiment(&["node-a"]).await;
+    let id = exp["id"].as_str().unwrap();
+    let patch = |body: Value| {
+        s.client
+            .patch(s.url(&format!("/api/v1/experiments/{id}")))
+            .json(&body)
+            .send()
+    };
+    let res = patch(json!({ "mode": "split", "candidate_share_percent": 30 }))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body = error_body(patch(json!({ "mode": "shadow" })).await.unwrap(), 400).await;
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("candidate_share_percent"));
+    let res = patch(json!({ "mode": "shadow", "candidate_share_percent": null }))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let e: Value = res.json().await.unwrap();
+    assert_eq!(
+        (e["mode"].as_str(), &e["candidate_share_percent"]),
+        (Some("shadow"), &Value::Null)
+    );
+}
+
+#[tokio::test]
 async fn malformed_json_is_a_400_that_says_where() {
     let s = start_sqlite().await;
     let res = s

@@ -469,7 +469,7 @@ impl Experiment {
         set!(parameters);
         set!(analysis);
         if let Some(share) = patch.candidate_share_percent {
-            self.candidate_share_percent = Some(share);
+            self.candidate_share_percent = share;
             changed.push("candidate_share_percent");
         }
         let mut errors = FieldErrors::default();
@@ -595,11 +595,29 @@ pub struct ExperimentPatch {
     pub target_hosts: Option<Vec<HostId>>,
     pub target_selector: Option<BTreeMap<String, String>>,
     pub mode: Option<ExperimentMode>,
-    pub candidate_share_percent: Option<u8>,
+    /// Absent: unchanged; `null`: cleared (needed to move a `split` experiment to
+    /// `shadow`); a number: set.
+    #[serde(
+        default,
+        deserialize_with = "present_or_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<u8>)]
+    pub candidate_share_percent: Option<Option<u8>>,
     pub duration_seconds: Option<u64>,
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<serde_json::Value>,
     pub analysis: Option<AnalysisSpec>,
+}
+
+/// A patch field that may be present as a value or as `null` (`Some(None)`), or absent
+/// (`None`, through `#[serde(default)]`).
+fn present_or_null<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 impl ExperimentPatch {
@@ -909,6 +927,39 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(e.apply_patch(rename, Utc::now()), Ok(vec!["name"]));
+    }
+
+    #[test]
+    fn a_split_experiment_becomes_shadow_by_clearing_its_share_with_null() {
+        let mut split = new_exp();
+        split.mode = ExperimentMode::Split;
+        split.candidate_share_percent = Some(30);
+        let mut e = Experiment::create(ExperimentId::new(), split, Utc::now());
+        // `mode` alone leaves the share, which shadow mode refuses, naming the field.
+        let mode_only: ExperimentPatch = serde_json::from_str(r#"{"mode": "shadow"}"#).unwrap();
+        assert_eq!(mode_only.candidate_share_percent, None);
+        let err = e.apply_patch(mode_only, Utc::now()).unwrap_err();
+        assert!(err.to_string().contains("candidate_share_percent"), "{err}");
+        assert_eq!(e.candidate_share_percent, Some(30));
+        // `null` clears it.
+        let cleared: ExperimentPatch =
+            serde_json::from_str(r#"{"mode": "shadow", "candidate_share_percent": null}"#).unwrap();
+        assert_eq!(cleared.candidate_share_percent, Some(None));
+        assert_eq!(
+            e.apply_patch(cleared.clone(), Utc::now()),
+            Ok(vec!["mode", "candidate_share_percent"])
+        );
+        assert_eq!(
+            (e.mode, e.candidate_share_percent),
+            (ExperimentMode::Shadow, None)
+        );
+        // The patch serializes back as it came: `null` kept, absent fields left out.
+        assert_eq!(
+            serde_json::to_value(&cleared).unwrap()["candidate_share_percent"],
+            serde_json::Value::Null
+        );
+        let untouched = serde_json::to_value(ExperimentPatch::default()).unwrap();
+        assert!(untouched.get("candidate_share_percent").is_none());
     }
 
     #[test]
