@@ -107,8 +107,14 @@ pub fn router(state: AppState) -> Router {
             axum::middleware::from_fn_with_state((state.clone(), spec.access), crate::auth::guard);
         api = api.route(spec.path, (spec.handler)(&state).layer(guard));
     }
+    // `route_layer` below counts matched routes only; the fallback counts itself (as
+    // `route="unmatched"`), so a scanner's 404s show on `/metrics` too.
+    let unmatched = axum::handler::Handler::layer(
+        not_found,
+        axum::middleware::from_fn_with_state(state.metrics.clone(), crate::telemetry::track_http),
+    );
     let api = api
-        .fallback(not_found)
+        .fallback(unmatched)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -226,8 +226,11 @@ async fn heartbeat_shows_in_fleet_status_and_metrics(s: &TestServer) {
     assert_eq!(a["labels"]["cluster"], "eu-1");
     assert_eq!(fleet["by_health"]["healthy"], 1);
 
+    // A request for no route is counted too, under `route="unmatched"`.
+    assert_eq!(s.get("/api/v1/no-such-route").await.status(), 404);
     let metrics = s.get("/metrics").await.text().await.unwrap();
     for needle in [
+        "http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"} 1",
         "phoenix_agent_last_seen_seconds{host_id=\"node-a\"}",
         "phoenix_task_queue_depth{status=\"pending\"}",
         "http_requests_total{",
