@@ -18,9 +18,8 @@ use crate::telemetry::Telemetry;
 fn default_scrape_interval() -> Duration {
     Duration::from_secs(15)
 }
-fn default_scrape_timeout() -> Duration {
-    Duration::from_secs(10)
-}
+/// Prometheus' global `scrape_timeout`, cut to the interval when that is shorter.
+const DEFAULT_SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 fn default_metrics_path() -> String {
     "/metrics".into()
 }
@@ -48,9 +47,14 @@ pub struct ScrapeConfig {
     /// Time between scrapes.
     #[serde(default = "default_scrape_interval", with = "humantime_serde")]
     pub scrape_interval: Duration,
-    /// Timeout of one scrape (at most the interval).
-    #[serde(default = "default_scrape_timeout", with = "humantime_serde")]
-    pub scrape_timeout: Duration,
+    /// Timeout of one scrape (at most the interval). When absent, 10 s or the interval if
+    /// that is shorter, as Prometheus does: see [`ScrapeConfig::timeout`].
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub scrape_timeout: Option<Duration>,
     /// HTTP path.
     #[serde(default = "default_metrics_path")]
     pub metrics_path: String,
@@ -65,6 +69,12 @@ pub struct ScrapeConfig {
 }
 
 impl ScrapeConfig {
+    /// The timeout of one scrape: `scrape_timeout`, else 10 s cut to `scrape_interval`.
+    pub fn timeout(&self) -> Duration {
+        self.scrape_timeout
+            .unwrap_or(DEFAULT_SCRAPE_TIMEOUT.min(self.scrape_interval))
+    }
+
     /// Field errors, relative to this entry.
     pub fn validate(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
@@ -74,7 +84,10 @@ impl ScrapeConfig {
         if self.scrape_interval.is_zero() {
             errors.push(FieldError::new("scrape_interval", "must be greater than 0"));
         }
-        if self.scrape_timeout.is_zero() || self.scrape_timeout > self.scrape_interval {
+        if self
+            .scrape_timeout
+            .is_some_and(|t| t.is_zero() || t > self.scrape_interval)
+        {
             errors.push(FieldError::new(
                 "scrape_timeout",
                 "must be greater than 0 and at most scrape_interval",
@@ -350,7 +363,7 @@ async fn scrape_loop(
                 "Accept",
                 "text/plain;version=0.0.4;q=0.9,application/openmetrics-text;version=1.0.0;q=0.5",
             )
-            .timeout(job.scrape_timeout)
+            .timeout(job.timeout())
             .send()
             .await;
         let body = match response {
@@ -445,6 +458,27 @@ msg{text="a \"quoted\"\nline\\"} NaN
 # TYPE temp gauge
 temp -Inf
 "#;
+
+    #[test]
+    fn an_absent_scrape_timeout_is_ten_seconds_cut_to_the_interval_like_prometheus() {
+        let job = |yaml: &str| serde_yaml::from_str::<ScrapeConfig>(yaml).unwrap();
+        let fast = job("{job_name: node, scrape_interval: 1s, static_configs: []}");
+        assert!(fast.validate().is_empty(), "{:?}", fast.validate());
+        assert_eq!(fast.timeout(), Duration::from_secs(1));
+        let usual = job("{job_name: node, static_configs: []}");
+        assert_eq!(usual.timeout(), Duration::from_secs(10));
+        let set = job("{job_name: node, scrape_timeout: 3s, static_configs: []}");
+        assert_eq!(set.timeout(), Duration::from_secs(3));
+        // An explicit timeout longer than the interval is refused, as Prometheus does.
+        let long =
+            job("{job_name: node, scrape_interval: 1s, scrape_timeout: 2s, static_configs: []}");
+        let errors = long.validate();
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].to_string().contains("scrape_timeout"),
+            "{errors:?}"
+        );
+    }
 
     #[test]
     fn text_format_lines_parse_with_types_escapes_and_timestamps() {
