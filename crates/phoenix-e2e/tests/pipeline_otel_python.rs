@@ -210,7 +210,7 @@ fn opentelemetry_python_sdk_over_grpc_and_http_is_reduced_into_victoria_metrics(
     )
     .expect("config");
     let _agent = spawn(
-        Path::new(env!("CARGO_BIN_EXE_phoenix-agent")),
+        &phoenix_e2e::bin("phoenix-agent"),
         &[
             "run".into(),
             "--config".into(),
