@@ -539,18 +539,7 @@ fn the_shipped_standalone_example_reduces_node_exporter_and_the_simulator_into_v
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/pipeline-standalone.yaml");
     let shipped = std::fs::read_to_string(&example).expect("examples/pipeline-standalone.yaml");
 
-    // `validate` accepts the file as shipped.
-    let validate = Command::new(phoenix_e2e::bin("phoenix-agent"))
-        .args(["validate", "--config"])
-        .arg(&example)
-        .output()
-        .expect("phoenix-agent validate");
-    assert!(
-        validate.status.success(),
-        "validate refused the shipped example: {}",
-        String::from_utf8_lossy(&validate.stderr)
-    );
-
+    // (`every_shipped_pipeline_file_validates` runs `validate` on the file as shipped.)
     let (vm_bin, _, node_bin) = peers();
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut vm, vm_port) = start_victoria_metrics(&vm_bin, dir.path());
@@ -659,4 +648,25 @@ fn the_shipped_standalone_example_reduces_node_exporter_and_the_simulator_into_v
         simulated_stored * 100 <= simulated_series * 30,
         "{simulated_stored} of {simulated_series}"
     );
+}
+
+/// Every pipeline file the repository ships passes `phoenix-agent validate` as it is.
+#[test]
+fn every_shipped_pipeline_file_validates() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for file in [
+        "examples/pipeline-standalone.yaml",
+        "deploy/agent/pipeline.yaml",
+    ] {
+        let output = Command::new(phoenix_e2e::bin("phoenix-agent"))
+            .args(["validate", "--config"])
+            .arg(root.join(file))
+            .output()
+            .expect("phoenix-agent validate");
+        assert!(
+            output.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
