@@ -3,6 +3,8 @@
 //! Binaries come from `$PHOENIX_BIN_DIR`, else `<target>/debug`; `./scripts/test` builds them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod peers;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

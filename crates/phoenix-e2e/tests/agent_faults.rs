@@ -374,35 +374,13 @@ struct Victoria {
 
 impl Victoria {
     fn start(port: u16, data: &std::path::Path) -> Self {
-        let binary = "/usr/bin/victoria-metrics";
-        if !std::path::Path::new(binary).exists() {
-            // A fresh CI machine: install the Debian package (as the pipeline's peer tests do).
-            let install = || {
-                std::process::Command::new("apt-get")
-                    .args([
-                        "-o",
-                        "DPkg::Lock::Timeout=600",
-                        "install",
-                        "-y",
-                        "-qq",
-                        "victoria-metrics",
-                    ])
-                    .env("DEBIAN_FRONTEND", "noninteractive")
-                    .status()
-                    .is_ok_and(|s| s.success())
-            };
-            if !install() {
-                let _ = std::process::Command::new("apt-get")
-                    .args(["-o", "DPkg::Lock::Timeout=600", "update", "-qq"])
-                    .status();
-                install();
-            }
-        }
-        assert!(
-            std::path::Path::new(binary).exists(),
-            "{binary} missing: apt-get install victoria-metrics"
-        );
-        let child = std::process::Command::new(binary)
+        // Installed from the Debian package on a fresh CI machine (shared with the peer tests).
+        let binary = phoenix_e2e::peers::debian_binaries(&[(
+            "victoria-metrics",
+            "/usr/bin/victoria-metrics",
+        )])
+        .remove(0);
+        let child = std::process::Command::new(&binary)
             .arg(format!("-storageDataPath={}", data.display()))
             .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
             .arg("-retentionPeriod=100y")

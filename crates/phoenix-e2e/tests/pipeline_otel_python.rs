@@ -9,10 +9,12 @@
 //! naming the packages otherwise. Everything listens on 127.0.0.1.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use phoenix_e2e::free_port;
+use phoenix_e2e::peers::{eventually, http_get, start_victoria_metrics, Peer};
 
 const PIP_PACKAGES: [&str; 3] = [
     "opentelemetry-sdk",
@@ -48,90 +50,6 @@ fn python_with_sdk() -> PathBuf {
         );
     }
     python
-}
-
-fn victoria_metrics() -> PathBuf {
-    let vm = PathBuf::from("/usr/bin/victoria-metrics");
-    if !vm.exists() {
-        let install = || {
-            Command::new("apt-get")
-                .args([
-                    "-o",
-                    "DPkg::Lock::Timeout=600",
-                    "install",
-                    "-y",
-                    "-qq",
-                    "victoria-metrics",
-                ])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !install() {
-            let _ = Command::new("apt-get")
-                .args(["-o", "DPkg::Lock::Timeout=600", "update", "-qq"])
-                .status();
-            install();
-        }
-    }
-    assert!(
-        vm.exists(),
-        "VictoriaMetrics missing: apt-get install -y victoria-metrics"
-    );
-    vm
-}
-
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(program: &Path, args: &[String], log: &Path) -> Peer {
-    let out = std::fs::File::create(log).expect("log file");
-    let err = out.try_clone().expect("log file");
-    Peer(
-        Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display())),
-    )
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-fn http_get(url: &str) -> Option<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()?;
-    runtime.block_on(async {
-        let response = reqwest::get(url).await.ok()?;
-        response.status().is_success().then_some(())?;
-        response.text().await.ok()
-    })
-}
-
-fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Last value of every series matching `selector`, keyed by its `method` label.
@@ -185,21 +103,8 @@ provider.shutdown()
 #[test]
 fn opentelemetry_python_sdk_over_grpc_and_http_is_reduced_into_victoria_metrics() {
     let python = python_with_sdk();
-    let vm_bin = victoria_metrics();
     let dir = tempfile::tempdir().expect("tempdir");
-    let vm_port = free_port();
-    let _vm = spawn(
-        &vm_bin,
-        &[
-            format!("-storageDataPath={}", dir.path().join("vm").display()),
-            format!("-httpListenAddr=127.0.0.1:{vm_port}"),
-            "-search.disableCache".into(),
-        ],
-        &dir.path().join("vm.log"),
-    );
-    eventually("victoria-metrics health", Duration::from_secs(30), || {
-        http_get(&format!("http://127.0.0.1:{vm_port}/health"))
-    });
+    let (mut vm, vm_port) = start_victoria_metrics(dir.path());
     let (grpc_port, http_port) = (free_port(), free_port());
     let config = dir.path().join("phoenix.yaml");
     std::fs::write(
@@ -209,7 +114,8 @@ fn opentelemetry_python_sdk_over_grpc_and_http_is_reduced_into_victoria_metrics(
         ),
     )
     .expect("config");
-    let _agent = spawn(
+    let mut agent = Peer::spawn(
+        "phoenix-agent",
         &phoenix_e2e::bin("phoenix-agent"),
         &[
             "run".into(),
@@ -232,6 +138,7 @@ fn opentelemetry_python_sdk_over_grpc_and_http_is_reduced_into_victoria_metrics(
         eventually(
             &format!("python {protocol} export"),
             Duration::from_secs(30),
+            &mut [&mut agent],
             || {
                 Command::new(&python)
                     .arg(&script)
@@ -245,6 +152,7 @@ fn opentelemetry_python_sdk_over_grpc_and_http_is_reduced_into_victoria_metrics(
         let values = eventually(
             &format!("{service} series in victoria-metrics"),
             Duration::from_secs(60),
+            &mut [&mut vm, &mut agent],
             || {
                 last_values_by_method(
                     vm_port,

@@ -6,133 +6,19 @@
 //! naming the packages. Everything listens on 127.0.0.1 only.
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use phoenix_pipeline::config::PipelineConfig;
 use phoenix_pipeline::model::Series;
 use phoenix_pipeline::remote_write::RemoteWriteEncoder;
 use phoenix_pipeline::simulator::{Profile, Simulator, SimulatorConfig};
 
-const PACKAGES: [&str; 3] = ["victoria-metrics", "prometheus", "prometheus-node-exporter"];
-
-/// Finds the peers' binaries, installing the Debian packages when they are missing.
-fn peers() -> (PathBuf, PathBuf, PathBuf) {
-    let find = || {
-        let vm = PathBuf::from("/usr/bin/victoria-metrics");
-        let prom = PathBuf::from("/usr/bin/prometheus");
-        let node = PathBuf::from("/usr/bin/prometheus-node-exporter");
-        (vm.exists() && prom.exists() && node.exists()).then_some((vm, prom, node))
-    };
-    if let Some(found) = find() {
-        return found;
-    }
-    let install = || {
-        Command::new("apt-get")
-            .args(["-o", "DPkg::Lock::Timeout=600", "install", "-y", "-qq"])
-            .args(PACKAGES)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !install() {
-        let _ = Command::new("apt-get")
-            .args(["-o", "DPkg::Lock::Timeout=600", "update", "-qq"])
-            .status();
-        install();
-    }
-    find().unwrap_or_else(|| {
-        panic!(
-            "end-to-end peers missing: install the Debian packages {} (apt-get install -y {})",
-            PACKAGES.join(", "),
-            PACKAGES.join(" ")
-        )
-    })
-}
-
-/// A child process killed on drop.
-struct Peer {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(name: &'static str, program: &Path, args: &[String], log: &Path) -> Peer {
-    let out = std::fs::File::create(log).expect("log file");
-    let err = out.try_clone().expect("log file");
-    let child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {name} ({}): {e}", program.display()));
-    Peer {
-        name,
-        child,
-        log: log.to_path_buf(),
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// Polls `check` until it returns `Some` or the deadline passes.
-fn eventually<T>(
-    what: &str,
-    timeout: Duration,
-    peers: &mut [&mut Peer],
-    mut check: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        for peer in peers.iter_mut() {
-            if let Ok(Some(status)) = peer.child.try_wait() {
-                let log = std::fs::read_to_string(&peer.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                panic!(
-                    "{} exited with {status} while waiting for {what}; its log ends:\n{}",
-                    peer.name,
-                    tail.join("\n")
-                );
-            }
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn http_get(url: &str) -> Option<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()?;
-    runtime.block_on(async {
-        let response = reqwest::get(url).await.ok()?;
-        if response.status().is_success() {
-            response.text().await.ok()
-        } else {
-            None
-        }
-    })
-}
+use phoenix_e2e::free_port;
+use phoenix_e2e::peers::{
+    debian_binaries, eventually, http_get, start_node_exporter, start_victoria_metrics, Peer,
+};
 
 fn http_post(url: &str, body: Vec<u8>) -> Option<u16> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -199,32 +85,10 @@ fn series_key(series: &Series) -> String {
     pairs.join(",")
 }
 
-fn start_victoria_metrics(vm_bin: &Path, dir: &Path) -> (Peer, u16) {
-    let port = free_port();
-    let mut vm = spawn(
-        "victoria-metrics",
-        vm_bin,
-        &[
-            format!("-storageDataPath={}", dir.join("vm").display()),
-            format!("-httpListenAddr=127.0.0.1:{port}"),
-            "-retentionPeriod=1d".into(),
-            "-search.disableCache".into(),
-        ],
-        &dir.join("vm.log"),
-    );
-    eventually(
-        "victoria-metrics health",
-        Duration::from_secs(30),
-        &mut [&mut vm],
-        || http_get(&format!("http://127.0.0.1:{port}/health")),
-    );
-    (vm, port)
-}
-
 fn start_agent(dir: &Path, yaml: &str) -> Peer {
     let config = dir.join("phoenix.yaml");
     std::fs::write(&config, yaml).expect("write config");
-    spawn(
+    Peer::spawn(
         "phoenix-agent",
         &phoenix_e2e::bin("phoenix-agent"),
         &[
@@ -250,9 +114,8 @@ const CANDIDATE: &str = r#"
 
 #[test]
 fn simulator_stream_is_reduced_into_victoria_metrics_exactly_as_computed_in_process() {
-    let (vm_bin, _, _) = peers();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut vm, vm_port) = start_victoria_metrics(&vm_bin, dir.path());
+    let (mut vm, vm_port) = start_victoria_metrics(dir.path());
     let rw_port = free_port();
     let mut agent = start_agent(
         dir.path(),
@@ -322,16 +185,10 @@ fn simulator_stream_is_reduced_into_victoria_metrics_exactly_as_computed_in_proc
 
 #[test]
 fn node_exporter_through_prometheus_and_phoenix_into_victoria_metrics_and_scraped_back() {
-    let (vm_bin, prom_bin, node_bin) = peers();
+    let prometheus = debian_binaries(&[("prometheus", "/usr/bin/prometheus")]).remove(0);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut vm, vm_port) = start_victoria_metrics(&vm_bin, dir.path());
-    let node_port = free_port();
-    let mut node = spawn(
-        "prometheus-node-exporter",
-        &node_bin,
-        &[format!("--web.listen-address=127.0.0.1:{node_port}")],
-        &dir.path().join("node.log"),
-    );
+    let (mut vm, vm_port) = start_victoria_metrics(dir.path());
+    let (mut node, node_port) = start_node_exporter(dir.path());
     let rw_port = free_port();
     let metrics_port = free_port();
     let mut agent = start_agent(
@@ -380,9 +237,9 @@ remote_write:
         ),
     )
     .expect("prometheus config");
-    let mut prom = spawn(
+    let mut prom = Peer::spawn(
         "prometheus",
-        &prom_bin,
+        &prometheus,
         &[
             format!("--config.file={}", prom_config.display()),
             format!("--storage.tsdb.path={}", dir.path().join("prom").display()),
@@ -455,16 +312,9 @@ remote_write:
 
 #[test]
 fn node_exporter_scraped_by_phoenix_is_reduced_into_victoria_metrics() {
-    let (vm_bin, _, node_bin) = peers();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut vm, vm_port) = start_victoria_metrics(&vm_bin, dir.path());
-    let node_port = free_port();
-    let mut node = spawn(
-        "prometheus-node-exporter",
-        &node_bin,
-        &[format!("--web.listen-address=127.0.0.1:{node_port}")],
-        &dir.path().join("node.log"),
-    );
+    let (mut vm, vm_port) = start_victoria_metrics(dir.path());
+    let (mut node, node_port) = start_node_exporter(dir.path());
     let mut agent = start_agent(
         dir.path(),
         &format!(
@@ -540,16 +390,9 @@ fn the_shipped_standalone_example_reduces_node_exporter_and_the_simulator_into_v
     let shipped = std::fs::read_to_string(&example).expect("examples/pipeline-standalone.yaml");
 
     // (`every_shipped_pipeline_file_validates` runs `validate` on the file as shipped.)
-    let (vm_bin, _, node_bin) = peers();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut vm, vm_port) = start_victoria_metrics(&vm_bin, dir.path());
-    let node_port = free_port();
-    let mut node = spawn(
-        "prometheus-node-exporter",
-        &node_bin,
-        &[format!("--web.listen-address=127.0.0.1:{node_port}")],
-        &dir.path().join("node.log"),
-    );
+    let (mut vm, vm_port) = start_victoria_metrics(dir.path());
+    let (mut node, node_port) = start_node_exporter(dir.path());
 
     // The shipped file with its fixed addresses pointed at this test's free ports and its
     // 15 s intervals at 1 s (scrape) and 2 s (simulator); everything else (pipelines, protect, exporters) as shipped.
