@@ -317,15 +317,9 @@ async fn list_filters_by_phase_and_paginates(s: &TestServer) {
 async fn run_shaping_edits_are_refused_after_start(s: &TestServer) {
     let exp = s.create_experiment(&["node-a"]).await;
     let id = exp["id"].as_str().unwrap();
-    let patch = |body: Value| {
-        s.client
-            .patch(s.url(&format!("/api/v1/experiments/{id}")))
-            .json(&body)
-            .send()
-    };
-    let res = patch(json!({ "duration_seconds": 120, "description": "two minutes" }))
-        .await
-        .unwrap();
+    let path = format!("/api/v1/experiments/{id}");
+    let patch = |body: Value| s.patch(&path, body);
+    let res = patch(json!({ "duration_seconds": 120, "description": "two minutes" })).await;
     assert_eq!(res.status(), 200);
     let e: Value = res.json().await.unwrap();
     assert_eq!(e["duration_seconds"], 120);
@@ -334,11 +328,9 @@ async fn run_shaping_edits_are_refused_after_start(s: &TestServer) {
         .send()
         .await
         .unwrap();
-    let body = error_body(patch(json!({ "duration_seconds": 60 })).await.unwrap(), 409).await;
+    let body = error_body(patch(json!({ "duration_seconds": 60 })).await, 409).await;
     assert_eq!(body["error"]["details"]["current_phase"], "initializing");
-    let res = patch(json!({ "name": "renamed while running" }))
-        .await
-        .unwrap();
+    let res = patch(json!({ "name": "renamed while running" })).await;
     assert_eq!(res.status(), 200);
 }
 
@@ -349,24 +341,16 @@ async fn a_split_experiment_is_patched_back_to_shadow_by_clearing_its_share() {
     let s = start_sqlite().await;
     let exp = s.create_experiment(&["node-a"]).await;
     let id = exp["id"].as_str().unwrap();
-    let patch = |body: Value| {
-        s.client
-            .patch(s.url(&format!("/api/v1/experiments/{id}")))
-            .json(&body)
-            .send()
-    };
-    let res = patch(json!({ "mode": "split", "candidate_share_percent": 30 }))
-        .await
-        .unwrap();
+    let path = format!("/api/v1/experiments/{id}");
+    let patch = |body: Value| s.patch(&path, body);
+    let res = patch(json!({ "mode": "split", "candidate_share_percent": 30 })).await;
     assert_eq!(res.status(), 200);
-    let body = error_body(patch(json!({ "mode": "shadow" })).await.unwrap(), 400).await;
+    let body = error_body(patch(json!({ "mode": "shadow" })).await, 400).await;
     assert!(body["error"]["message"]
         .as_str()
         .unwrap()
         .contains("candidate_share_percent"));
-    let res = patch(json!({ "mode": "shadow", "candidate_share_percent": null }))
-        .await
-        .unwrap();
+    let res = patch(json!({ "mode": "shadow", "candidate_share_percent": null })).await;
     assert_eq!(res.status(), 200);
     let e: Value = res.json().await.unwrap();
     assert_eq!(

@@ -239,6 +239,15 @@ impl TestServer {
         self.client.get(self.url(path)).send().await.unwrap()
     }
 
+    pub async fn patch(&self, path: &str, body: Value) -> Response {
+        self.client
+            .patch(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn create_experiment(&self, hosts: &[&str]) -> Value {
         let res = self
             .post(
