@@ -5,11 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Duration, Utc};
 use phoenix_core::{
-    EventKind, Experiment, ExperimentEvent, ExperimentMode, Heartbeat, HostId, NewTask, Task,
-    TaskId, TaskStatus,
+    EventKind, Experiment, ExperimentEvent, ExperimentMode, ExperimentPhase, Heartbeat, HostId,
+    NewTask, Task, TaskId, TaskStatus,
 };
 use serde::de::DeserializeOwned;
 
@@ -25,6 +26,20 @@ pub(crate) const MAX_PAGE_LIMIT: u32 = 10_000;
 pub(crate) const MAX_LEASE_SECONDS: i64 = 7 * 24 * 3600;
 /// The PostgreSQL `NOTIFY` channel of task wake-ups; the payload is a host id or `''`.
 pub(crate) const WAKEUP_CHANNEL: &str = "phoenix_task_wakeup";
+
+/// The terminal phases as an SQL list (`'completed', 'failed', ...`), taken from
+/// [`ExperimentPhase::is_terminal`] so the queries cannot drift from the state machine.
+pub(crate) fn terminal_phases_sql() -> &'static str {
+    static LIST: LazyLock<String> = LazyLock::new(|| {
+        ExperimentPhase::ALL
+            .iter()
+            .filter(|p| p.is_terminal())
+            .map(|p| format!("'{}'", p.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    &LIST
+}
 
 /// `0` means "the default"; anything above [`MAX_PAGE_LIMIT`] is capped.
 pub(crate) fn page_limit(limit: u32) -> u32 {

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration as StdDuration;
 
 use async_trait::async_trait;
@@ -802,15 +803,18 @@ impl Store for PgStore {
         &self,
         finished_since: DateTime<Utc>,
     ) -> Result<Vec<(ExperimentId, ExperimentPhase)>> {
-        let rows = sqlx::query(
-            "SELECT id, phase FROM experiments
-             WHERE phase NOT IN ('completed', 'failed', 'stopped', 'rolled_back')
-                OR COALESCE(ended_at, updated_at) >= $1
-             ORDER BY id",
-        )
-        .bind(finished_since)
-        .fetch_all(&self.pool)
-        .await?;
+        static QUERY: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT id, phase FROM experiments
+                 WHERE phase NOT IN ({}) OR COALESCE(ended_at, updated_at) >= $1
+                 ORDER BY id",
+                common::terminal_phases_sql()
+            )
+        });
+        let rows = sqlx::query(&QUERY)
+            .bind(finished_since)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok((

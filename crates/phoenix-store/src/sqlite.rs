@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration as StdDuration;
 
 use async_trait::async_trait;
@@ -716,15 +716,18 @@ impl Store for SqliteStore {
         &self,
         finished_since: DateTime<Utc>,
     ) -> Result<Vec<(ExperimentId, ExperimentPhase)>> {
-        let rows = sqlx::query(
-            "SELECT id, phase FROM experiments
-             WHERE phase NOT IN ('completed', 'failed', 'stopped', 'rolled_back')
-                OR COALESCE(ended_at, updated_at) >= ?1
-             ORDER BY id",
-        )
-        .bind(micros(finished_since))
-        .fetch_all(&mut *self.read.get().await?)
-        .await?;
+        static QUERY: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT id, phase FROM experiments
+                 WHERE phase NOT IN ({}) OR COALESCE(ended_at, updated_at) >= ?1
+                 ORDER BY id",
+                common::terminal_phases_sql()
+            )
+        });
+        let rows = sqlx::query(&QUERY)
+            .bind(micros(finished_since))
+            .fetch_all(&mut *self.read.get().await?)
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok((
